@@ -1,0 +1,192 @@
+"""The library's commands, one function each; the CLI is a thin layer over these.
+
+train_teacher: labelled data -> teacher checkpoint (the paper's teacher recipe).
+distill:       teacher + surrogate data -> (teacher-balanced selection) -> student checkpoint.
+evaluate:      any checkpoint on a labelled set -> accuracy, per-class accuracy, agreement.
+"""
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_text, load_model, provenance, save_model
+from .config import InputSpec, TrainConfig
+from .data import DATASET_STATS, ImageSet, open_images
+from .distill import ArrayBatches, SourceBatches, evaluate_logits, predict, resolve_device, train
+from .errors import UserError
+from .models import build_model, count_parameters
+from .select import balanced_indices, class_histogram, relative_entropy
+
+SYNTHETIC_SOURCES = ("shaders", "leaves", "noise", "photos")
+# Paper Sect. 4: tau 2 for general-purpose real data, 20 for fine-grained and synthetic data.
+DEFAULT_TAU = {"real": 2.0, "synthetic": 20.0}
+MODEL_FILE = "model.safetensors"
+
+
+def _completed(out: Path, config: dict) -> dict | None:
+    """The result of a finished run in `out` with the same config, if there is one."""
+    result_file = out / "result.json"
+    if (out / MODEL_FILE).exists() and result_file.exists():
+        result = json.loads(result_file.read_text())
+        if result.get("config") == config:
+            return result
+    return None
+
+
+def _finish(out: Path, model, result: dict) -> dict:
+    """Save weights, then result.json last: its presence marks the run complete."""
+    save_model(model, out / MODEL_FILE, extra={"config": result["config"]})
+    state = out / "state.pt"
+    if state.exists():
+        state.unlink()
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def _spec_for(images: ImageSet, dataset: str) -> InputSpec:
+    base = dataset.partition(":")[0]
+    if base in DATASET_STATS:
+        mean, std = DATASET_STATS[base]
+    else:  # statistics of the data itself, per channel
+        x = images.images[:10000].float().div(255)
+        mean = tuple(x.mean((0, 2, 3)).tolist())
+        std = tuple(x.std((0, 2, 3)).clamp(min=1e-3).tolist())
+    if images.labels is None:
+        raise UserError(f"training a teacher needs labelled images; '{dataset}' has no labels")
+    num_classes = int(images.labels.max()) + 1
+    classes = images.classes or tuple(str(i) for i in range(num_classes))
+    return InputSpec(images.size, images.channels, tuple(mean), tuple(std), tuple(classes))
+
+
+def _check_labels(images: ImageSet, spec: InputSpec) -> None:
+    if images.labels is None:
+        raise UserError(f"'{images.name}' has no labels to evaluate against")
+    if int(images.labels.max()) >= len(spec.classes):
+        raise UserError(f"'{images.name}' has labels up to {int(images.labels.max())} but the model has "
+                        f"{len(spec.classes)} classes")
+
+
+def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher", arch: str = "resnet_mini",
+                  cfg: TrainConfig = TrainConfig(), eval_data: str | None = None, download: bool = False) -> dict:
+    """Train a teacher with one-hot cross-entropy; reuses a finished run with the same config."""
+    out = Path(out)
+    config = {"data": data, "arch": arch, "train": asdict(cfg), "eval_data": eval_data}
+    if (done := _completed(out, config)) is not None:
+        return {**done, "reused": True}
+    train_set = open_images(data, download=download)
+    spec = _spec_for(train_set, data)
+    eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
+    if eval_set is not None:
+        _check_labels(eval_set, spec)
+    device = resolve_device(cfg.device)
+    model = build_model(arch, spec)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    run = train(model, ArrayBatches(train_set, cfg.batch_size, cfg.seed, device), cfg,
+                eval_set=eval_set, run_dir=out, desc=f"teacher {arch}")
+    result = {"arch": arch, "dataset": data, "parameters": count_parameters(model), "steps": run.steps,
+              "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
+              "test_accuracy": run.eval_accuracy, "config": config, **provenance()}
+    return _finish(out, model, result)
+
+
+def build_distillation_set(teacher, data: str, candidates: int, per_class: int | None, seed: int,
+                           device: torch.device, download: bool = False, batch_size: int = 1024,
+                           source_params: dict | None = None) -> tuple[ImageSet, dict]:
+    """Surrogate images in the teacher's input spec, teacher-balanced when `per_class` is set.
+
+    Returns the set and what the teacher made of the candidates (histogram, relative entropy).
+    """
+    spec = teacher.spec
+    if data in SYNTHETIC_SOURCES:
+        from .sources import render
+
+        params = dict(source_params or {})
+        if data == "noise":
+            params.setdefault("mean", spec.mean)
+            params.setdefault("std", spec.std)
+        images = torch.cat([render(data, seed, start, min(batch_size * 4, candidates - start), spec.size, spec.channels,
+                                   "cpu", **params) for start in range(0, candidates, batch_size * 4)])
+        pool = ImageSet(images, None, None, data)
+    else:
+        pool = open_images(data, spec.size, spec.channels, download=download)
+        if candidates and len(pool) > candidates:
+            keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:candidates]
+            pool = ImageSet(pool.images[keep], None if pool.labels is None else pool.labels[keep], pool.classes, pool.name)
+    logits = predict(teacher, pool.images, batch_size=batch_size, device=device, progress=f"teacher on {data}")
+    predictions = logits.argmax(1)
+    counts = class_histogram(predictions, len(spec.classes))
+    info = {"candidates": len(pool), "relative_entropy": round(relative_entropy(counts), 4),
+            "class_histogram": counts.tolist(), "mean_max_softmax": round(logits.softmax(1).max(1).values.mean().item(), 4)}
+    if per_class:
+        index = balanced_indices(predictions, len(spec.classes), per_class, seed=seed)
+        selected = ImageSet(pool.images[index], predictions[index], spec.classes, pool.name)
+        info["selected"] = len(index)
+        return selected, info
+    return ImageSet(pool.images, predictions, spec.classes, pool.name), info
+
+
+def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny",
+            cfg: TrainConfig | None = None, data_kind: str | None = None, candidates: int = 50000,
+            per_class: int | None = 2000, stream: bool = False, eval_data: str | None = None,
+            download: bool = False, source_params: dict | None = None) -> dict:
+    """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
+
+    Unless the config sets tau, it follows the paper: 2 for real data, 20 for synthetic sources.
+    `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
+    """
+    out = Path(out)
+    kind = data_kind or ("synthetic" if data in SYNTHETIC_SOURCES else "real")
+    if kind not in DEFAULT_TAU:
+        raise UserError(f"unknown data kind '{kind}'; valid: real, synthetic")
+    cfg = cfg or replace(TrainConfig(), tau=DEFAULT_TAU[kind])
+    config = {"teacher": str(teacher), "data": data, "student": student, "train": asdict(cfg), "candidates": candidates,
+              "per_class": per_class, "stream": stream, "eval_data": eval_data, "source_params": source_params}
+    if (done := _completed(out, config)) is not None:
+        return {**done, "reused": True}
+    device = resolve_device(cfg.device)
+    teacher_model = load_model(teacher) if not isinstance(teacher, torch.nn.Module) else teacher
+    spec = teacher_model.spec
+    teacher_model.to(device)
+    eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
+    if eval_set is not None:
+        _check_labels(eval_set, spec)
+    started = time.perf_counter()
+    if stream:
+        if data not in SYNTHETIC_SOURCES:
+            raise UserError(f"--stream needs a synthetic source ({', '.join(SYNTHETIC_SOURCES)}), got '{data}'")
+        batches = SourceBatches(data, spec.size, spec.channels, cfg.batch_size, cfg.seed, device,
+                                epoch_size=candidates, **(source_params or {}))
+        set_info = {}
+    else:
+        images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
+                                                  download, source_params=source_params)
+        batches = ArrayBatches(images, cfg.batch_size, cfg.seed, device)
+    model = build_model(student, spec)
+    torch.manual_seed(cfg.seed)
+    run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}")
+    result = {"source": data, "student": student, "parameters": count_parameters(model), **set_info,
+              "steps": run.steps, "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
+              "test_accuracy": run.eval_accuracy, "config": config, **provenance()}
+    return _finish(out, model, result)
+
+
+def evaluate(model: str | Path, data: str, teacher: str | Path | None = None, device: str = "auto",
+             download: bool = False) -> dict:
+    """Top-1 and per-class accuracy of a checkpoint on a labelled set (and agreement with a teacher)."""
+    net = load_model(model)
+    images = open_images(data, net.spec.size, net.spec.channels, download=download)
+    _check_labels(images, net.spec)
+    dev = resolve_device(device)
+    logits = predict(net.to(dev), images.images, device=dev)
+    reference = None
+    if teacher is not None:
+        teacher_net = load_model(teacher)
+        if teacher_net.spec.classes != net.spec.classes:
+            raise UserError(f"teacher {teacher} has {len(teacher_net.spec.classes)} classes, model has {len(net.spec.classes)}")
+        reference = predict(teacher_net.to(dev), images.images, device=dev)
+    return {"model": str(model), "data": data, "images": len(images),
+            **evaluate_logits(logits, images.labels, len(net.spec.classes), reference)}

@@ -1,0 +1,97 @@
+"""Frozen dataclasses, one per concern. YAML files only supply defaults; CLI flags override."""
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: stored in every checkpoint so data can be converted on the way in."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(int(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]), tuple(d["classes"]))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: teacher training (loss='ce') and distillation (loss='kd') alike.
+
+    Defaults are the paper's recipe (Sect. 4): SGD momentum 0.9, wd 1e-4, half-period cosine
+    from lr 0.1, batch 256, tau per data kind, mixup with lambda ~ U(0, 1).
+    """
+
+    epochs: float = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0  # teacher training, or 'smoothed' KD targets
+    # Distillation only.
+    tau: float = 4.0
+    targets: str = "soft"  # soft | onehot | smoothed (paper Table 4)
+    # Augmentation (see augment.py for the regimes) and mixup.
+    regime: str = "standard"
+    regime_overrides: tuple[tuple[str, Any], ...] = ()
+    mixup: bool = True
+    mixup_per_sample: bool = False
+    # Machinery.
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 where fast) | bf16 | fp32
+    channels_last: bool = True
+    compile: bool = False
+    eval_every: float = 1.0  # epochs between evaluations on the held-out set, if one is given
+    log_every: int = 50  # steps between metric lines
+    checkpoint_every: float = 1.0  # epochs between resumable-state saves
+
+
+def override(cfg, assignments: list[str]):
+    """Apply `key=value` strings (the CLI's --set) to a frozen dataclass, parsing values as YAML."""
+    import yaml
+
+    names = {f.name: f for f in fields(cfg)}
+    changes = {}
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        if key not in names:
+            raise UserError(f"unknown setting '{key}'; valid: {', '.join(sorted(names))}")
+        value = yaml.safe_load(raw)
+        if isinstance(value, list):
+            value = tuple(value)
+        changes[key] = value
+    return replace(cfg, **changes)
+
+
+def from_yaml(cls, path: str):
+    """Defaults for `cls` from a YAML mapping; unknown keys are an error, not silently dropped."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UserError(f"cannot read config {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of setting: value")
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise UserError(f"config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,286 @@
+"""kd_loss() and the one training loop: teachers train through it too (loss 'ce' vs 'kd').
+
+Data reaches the loop as uint8 batches already on the device; each step augments on the device,
+mixes (mixup) and feeds the *same* view to the frozen teacher and to the student (function
+matching, Beyer et al.). The step has static shapes and no host synchronisation except at log
+intervals, so it can later be captured whole in a CUDA graph.
+"""
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .augment import augment, get_regime, mixup
+from .checkpoint import load_state, save_state
+from .config import TrainConfig
+from .data import ImageSet
+from .errors import UserError
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hinton's KD: KL(softmax(t/tau) || softmax(s/tau)) * tau^2, averaged over the batch.
+
+    The tau^2 keeps gradient magnitudes comparable across temperatures.
+    """
+    log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    log_p_student = F.log_softmax(student_logits.float() / tau, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * tau**2
+
+
+# --------------------------------------------------------------------------- devices
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast where it is fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else nothing."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"unknown precision '{precision}'; valid: auto, bf16, fp32")
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
+        if not fast:
+            return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- batch streams
+
+class Batches(Protocol):
+    """Where a training loop's uint8 batches come from; `batch(step)` is a pure function of step,
+    which is what makes a resumed run identical to an uninterrupted one."""
+
+    steps_per_epoch: int
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class ArrayBatches:
+    """Shuffled epochs over an in-memory image set (drops the last partial batch: static shapes)."""
+
+    def __init__(self, images: ImageSet, batch_size: int, seed: int, device: torch.device):
+        if len(images) < batch_size:
+            raise UserError(f"image set '{images.name}' has {len(images)} images, fewer than one batch of {batch_size}")
+        self.images = images.images.to(device)  # (N, C, H, W) uint8
+        self.labels = None if images.labels is None else images.labels.to(device)
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.steps_per_epoch = len(images) // batch_size
+        self._epoch, self._order = -1, None
+
+    def batch(self, step: int):
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order, self._epoch = torch.randperm(len(self.images), generator=g).to(self.device), epoch
+        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        return self.images[index], None if self.labels is None else self.labels[index]
+
+
+class SourceBatches:
+    """Fresh synthetic images every step from a registered source: no pool on disk at all."""
+
+    def __init__(self, source: str, size: int, channels: int, batch_size: int, seed: int,
+                 device: torch.device, epoch_size: int, **params):
+        from .sources import render
+
+        self.render = lambda start: render(source, seed, start, batch_size, size, channels, device, **params)
+        self.batch_size = batch_size
+        self.steps_per_epoch = max(1, epoch_size // batch_size)
+
+    def batch(self, step: int):
+        return self.render(step * self.batch_size), None
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1024, device: torch.device | None = None,
+            precision: str = "auto", progress: str | None = None) -> torch.Tensor:
+    """Logits (N, K) float32 on the CPU for uint8 images (N, C, H, W), in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, images.shape[0], batch_size)
+    with autocast_context(device, precision):
+        for start in tqdm(starts, desc=progress, leave=False, disable=progress is None):
+            x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
+            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    reference_logits: torch.Tensor | None = None) -> dict:
+    """Top-1 accuracy, per-class accuracy and, given a reference (the teacher), agreement with it."""
+    pred = logits.argmax(1)
+    correct = (pred == labels).float()
+    per_class = torch.zeros(num_classes).index_add_(0, labels, correct) / torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    result = {"accuracy": correct.mean().item(), "per_class_accuracy": [round(a, 4) for a in per_class.tolist()]}
+    if reference_logits is not None:
+        result["teacher_agreement"] = (pred == reference_logits.argmax(1)).float().mean().item()
+    return result
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    images_per_second: float
+    final_loss: float
+    eval_accuracy: float | None
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up (optional), then half-period cosine from cfg.lr to 0."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher: torch.nn.Module | None = None,
+          eval_set: ImageSet | None = None, run_dir: Path | None = None, desc: str = "train") -> TrainResult:
+    """Train `model` in place: cross-entropy on labels when `teacher` is None, else KD from it.
+
+    With `run_dir`, metrics go to metrics.jsonl and resumable state to state.pt; an interrupted
+    run called again with the same config continues from its last saved step.
+    """
+    device = resolve_device(cfg.device)
+    regime = get_regime(cfg.regime, **dict(cfg.regime_overrides))
+    if cfg.targets not in ("soft", "onehot", "smoothed"):
+        raise UserError(f"unknown KD targets '{cfg.targets}'; valid: soft, onehot, smoothed")
+    model.to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        # The teacher is frozen: eval mode (BN uses its running stats), no gradients, ever.
+        teacher.to(device).eval().requires_grad_(False)
+        if cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    total_steps = max(1, round(cfg.epochs * batches.steps_per_epoch))
+    autocast = autocast_context(device, cfg.precision)
+    config_record = json.loads(json.dumps(asdict(cfg), default=str))
+
+    start_step = 0
+    state_path = metrics_file = None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state_path = run_dir / "state.pt"
+        state = load_state(state_path)
+        if state is not None:
+            if state["config"] != config_record:
+                raise UserError(f"{run_dir} holds a run with a different config; use another output or delete {state_path}")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_step = int(state["step"])
+        metrics_file = open(run_dir / "metrics.jsonl", "a")
+
+    def log(record: dict):
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+    def save(step: int):
+        if state_path is not None:
+            save_state(state_path, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "config": config_record})
+
+    eval_steps = max(1, round(cfg.eval_every * batches.steps_per_epoch))
+    save_steps = max(1, round(cfg.checkpoint_every * batches.steps_per_epoch))
+    mean_loss = float("nan")
+    eval_accuracy = None
+    running_loss = torch.zeros((), device=device)
+    loss_count, window_start, window_step = 0, time.perf_counter(), start_step
+    started = time.perf_counter()
+    bar = tqdm(range(start_step, total_steps), desc=desc, initial=start_step, total=total_steps, leave=False,
+               dynamic_ncols=True, mininterval=1.0)
+    for step in bar:
+        lr = learning_rate(cfg, step, total_steps, batches.steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = batches.batch(step)  # (B, C, H, W) uint8 on device, (B,) or None
+        # One seeded generator per step: augmentation is reproducible and resume needs no RNG state.
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        x = augment(images, regime, generator)  # (B, C, H, W) float in [0, 1]
+        if cfg.mixup:
+            x, lam, perm = mixup(x, generator, per_sample=cfg.mixup_per_sample)
+        x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        with autocast:
+            logits = step_model(x)
+            if teacher is None:
+                if labels is None:
+                    raise UserError("training without a teacher needs labelled images")
+                per_image = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=cfg.label_smoothing)
+                if cfg.mixup:
+                    other = F.cross_entropy(logits.float(), labels[perm], reduction="none", label_smoothing=cfg.label_smoothing)
+                    per_image = lam * per_image + (1 - lam) * other
+                loss = per_image.mean()
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                if cfg.targets == "soft":
+                    loss = kd_loss(logits, teacher_logits, cfg.tau)
+                else:
+                    smoothing = cfg.label_smoothing if cfg.targets == "smoothed" else 0.0
+                    loss = F.cross_entropy(logits.float(), teacher_logits.argmax(1), label_smoothing=smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.detach()
+        loss_count += 1
+
+        done = step + 1
+        evaluate_now = eval_set is not None and (done % eval_steps == 0 or done == total_steps)
+        if done % cfg.log_every == 0 or done == total_steps or evaluate_now:
+            mean_loss = (running_loss / loss_count).item()  # the only host sync, once per log interval
+            if not math.isfinite(mean_loss):
+                raise UserError(f"{desc}: loss became {mean_loss} at step {done}; lower the lr or check the data")
+            rate = (done - window_step) * images.shape[0] / max(time.perf_counter() - window_start, 1e-9)
+            record = {"step": done, "epoch": round(done / batches.steps_per_epoch, 3), "loss": round(mean_loss, 5),
+                      "lr": round(lr, 6), "images_per_s": round(rate, 1)}
+            if evaluate_now:
+                logits = predict(model, eval_set.images, device=device, precision=cfg.precision)
+                eval_accuracy = (logits.argmax(1) == eval_set.labels).float().mean().item()
+                record["eval_accuracy"] = round(eval_accuracy, 4)
+            log(record)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc="-" if eval_accuracy is None else f"{eval_accuracy:.3f}",
+                            ips=f"{rate:.0f}")
+            running_loss.zero_()
+            loss_count, window_start, window_step = 0, time.perf_counter(), done
+        if done % save_steps == 0 and done < total_steps:
+            save(done)
+    bar.close()
+    seconds = time.perf_counter() - started
+    if metrics_file is not None:
+        metrics_file.close()
+    trained = total_steps - start_step
+    return TrainResult(total_steps, seconds, trained * cfg.batch_size / max(seconds, 1e-9), mean_loss, eval_accuracy)
