@@ -26,6 +26,14 @@ DEFAULT_TAU = {"real": 2.0, "synthetic": 20.0}
 MODEL_FILE = "model.safetensors"
 
 
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    """uint8 (N, C, H, W) -> a PNG grid."""
+    from torchvision.utils import save_image
+
+    save_image(images.float().div(255).cpu(), path, nrow=nrow, padding=1)
+    return path
+
+
 def _completed(out: Path, config: dict) -> dict | None:
     """The result of a finished run in `out` with the same config, if there is one."""
     result_file = out / "result.json"
@@ -165,6 +173,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
                                                   download, source_params=source_params)
         batches = ArrayBatches(images, cfg.batch_size, cfg.seed, device)
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(batches.batch(0)[0][:64], out / "samples.png")  # what the student is shown (before augmentation)
     model = build_model(student, spec)
     torch.manual_seed(cfg.seed)
     run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}")

@@ -1,0 +1,114 @@
+"""`surrogate-kd demo`: a Fashion-MNIST teacher distilled through five kinds of data, one report.
+
+The paper's question on a laptop-class CPU: train (or reuse) a teacher, then distill it into a
+smaller student with the same budget through each distillation set — the original training
+images (the reference), procedural shader images, dead leaves, noise with the dataset's
+statistics, and crops of real photos unrelated to clothing — and report, per set, how evenly the
+teacher's predictions cover the classes (relative entropy) and the student's test accuracy.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .api import distill, train_teacher
+from .checkpoint import atomic_write_text, provenance
+from .config import TrainConfig
+from .data import FASHION_MNIST_CLASSES
+from .report import markdown_table, plot_bars, plot_class_histograms
+
+DEMO_SOURCES = ("original", "shaders", "leaves", "noise", "photos")
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """The demo's budget and recipe, chosen by measurement (see docs/demo.md)."""
+
+    teacher_arch: str = "convnet_small"
+    teacher: TrainConfig = TrainConfig(epochs=6, regime="standard", mixup=False, nesterov=True,
+                                       regime_overrides=(("randaugment_n", 0),))
+    student_arch: str = "convnet_tiny"
+    # Same budget for every set: `epochs` over `per_class` x 10 teacher-balanced images drawn
+    # from `candidates` candidates.
+    candidates: int = 40000
+    per_class: int = 2000
+    student: TrainConfig = TrainConfig(epochs=10, tau=4.0, regime="standard", mixup=False, nesterov=True,
+                                       regime_overrides=(("randaugment_n", 0), ("invert_p", 0.1)))
+    # Real in-domain images get the lighter real-data regime (paper: 'standard' for real data).
+    student_original: TrainConfig = TrainConfig(epochs=10, tau=4.0, regime="standard", mixup=False, nesterov=True,
+                                                regime_overrides=(("randaugment_n", 0),))
+
+
+QUICK = DemoRecipe(teacher=replace(DemoRecipe.teacher, epochs=0.2), candidates=3000, per_class=100,
+                   student=replace(DemoRecipe.student, epochs=1, batch_size=128),
+                   student_original=replace(DemoRecipe.student_original, epochs=1, batch_size=128))
+
+
+def describe(cfg: TrainConfig) -> str:
+    """A short human description of a recipe for the report's 'recipe' column."""
+    overrides = ",".join(f"{k}={v}" for k, v in cfg.regime_overrides)
+    return (f"{cfg.epochs:g} ep, tau {cfg.tau:g}, {cfg.regime}{'(' + overrides + ')' if overrides else ''}, "
+            f"mixup {'on' if cfg.mixup else 'off'}")
+
+
+def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto", recipe: DemoRecipe | None = None,
+         sources: tuple[str, ...] = DEMO_SOURCES) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = recipe or (QUICK if quick else DemoRecipe())
+    started = time.perf_counter()
+    teacher = train_teacher("fashion-mnist", out / "teacher", recipe.teacher_arch, replace(recipe.teacher, device=device),
+                            eval_data="fashion-mnist:test")
+    print(f"teacher {recipe.teacher_arch}: test accuracy {teacher['test_accuracy']:.4f} "
+          f"({'reused' if teacher.get('reused') else f'{teacher['seconds']:.0f} s'})", flush=True)
+    students = []
+    for source in sources:
+        cfg = recipe.student_original if source == "original" else recipe.student
+        result = distill(out / "teacher" / "model.safetensors", "fashion-mnist" if source == "original" else source,
+                         out / f"student-{source}", recipe.student_arch, replace(cfg, device=device),
+                         candidates=recipe.candidates, per_class=recipe.per_class, eval_data="fashion-mnist:test")
+        row = {"source": source, "relative_entropy": result["relative_entropy"], "test_accuracy": result["test_accuracy"],
+               "seconds": result["seconds"], "recipe": describe(cfg), "class_histogram": result["class_histogram"],
+               "samples": f"student-{source}/samples.png"}
+        students.append(row)
+        print(f"student from {source}: relative entropy {row['relative_entropy']:.3f}, "
+              f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f} s)", flush=True)
+    return write_report(out, recipe, teacher, students, time.perf_counter() - started)
+
+
+def write_report(out: Path, recipe: DemoRecipe, teacher: dict, students: list[dict], seconds: float) -> dict:
+    """report.json, report.md and the PNGs, from the teacher's and students' results."""
+    by_source = {s["source"]: s for s in students}
+    original = by_source.get("original", {}).get("test_accuracy")
+    for s in students:
+        s["fraction_of_original"] = round(s["test_accuracy"] / original, 4) if original else None
+    plot_class_histograms({s["source"]: s["class_histogram"] for s in students}, list(FASHION_MNIST_CLASSES),
+                          out / "class_histograms.png",
+                          subtitles={s["source"]: f"rel. entropy {s['relative_entropy']:.3f}" for s in students})
+    plot_bars({s["source"]: s["test_accuracy"] for s in students}, out / "accuracy.png",
+              "student test accuracy (Fashion-MNIST)", reference=teacher["test_accuracy"], reference_label="teacher")
+    table = markdown_table(students, [("source", "distillation set"), ("relative_entropy", "relative entropy"),
+                                      ("test_accuracy", "student test acc."), ("fraction_of_original", "x original"),
+                                      ("seconds", "seconds"), ("recipe", "recipe")])
+    report = {
+        "teacher": {"arch": teacher["arch"], "dataset": teacher["dataset"], "test_accuracy": teacher["test_accuracy"],
+                    "seconds": teacher["seconds"], "parameters": teacher["parameters"], "reused": bool(teacher.get("reused"))},
+        "students": students,
+        "student_arch": recipe.student_arch,
+        "recipe": json.loads(json.dumps(asdict(recipe), default=str)),
+        "total_seconds": round(seconds, 1),
+        **provenance(),
+        "table": table,
+    }
+    md = [f"# surrogate-kd demo report", "",
+          f"Teacher: {teacher['arch']} ({teacher['parameters']:,} parameters) on Fashion-MNIST, test accuracy "
+          f"{teacher['test_accuracy']:.4f} ({'reused from cache' if teacher.get('reused') else f'trained in {teacher['seconds']:.0f} s'}).",
+          f"Students: {recipe.student_arch}, the same budget for every distillation set "
+          f"({recipe.per_class * 10:,} teacher-balanced images from {recipe.candidates:,} candidates).", "",
+          table, "", f"Total wall time: {seconds:.0f} s.", "",
+          "![class histograms](class_histograms.png)", "", "![accuracy](accuracy.png)", ""]
+    md += [f"**{s['source']}**: ![{s['source']}]({s['samples']})" for s in students]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,137 @@
+"""The KD loss against hand-computed values, and the one loop on tiny models and data."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from surrogate_kd.config import TrainConfig
+from surrogate_kd.data import ImageSet, open_images
+from surrogate_kd.distill import ArrayBatches, kd_loss, learning_rate, train
+from surrogate_kd.errors import UserError
+from surrogate_kd.models import ImageClassifier
+
+
+def test_kd_loss_matches_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5]])
+    t = torch.tensor([[0.0, 3.0, 1.0]])
+    tau = 2.0
+    ps = [math.exp(v / tau) for v in s[0].tolist()]
+    pt = [math.exp(v / tau) for v in t[0].tolist()]
+    ps = [v / sum(ps) for v in ps]
+    pt = [v / sum(pt) for v in pt]
+    expected = sum(a * (math.log(a) - math.log(b)) for a, b in zip(pt, ps)) * tau**2
+    assert kd_loss(s, t, tau).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_averages_over_batch():
+    t = torch.randn(5, 10)
+    assert kd_loss(t.clone(), t, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(5, 10)
+    per_row = torch.stack([kd_loss(s[i:i + 1], t[i:i + 1], 3.0) for i in range(5)])
+    assert kd_loss(s, t, 3.0).item() == pytest.approx(per_row.mean().item(), rel=1e-5)
+
+
+def test_learning_rate_is_half_period_cosine():
+    cfg = TrainConfig(lr=0.1)
+    assert learning_rate(cfg, 0, 100, 10) == pytest.approx(0.1)
+    assert learning_rate(cfg, 50, 100, 10) == pytest.approx(0.05)
+    assert learning_rate(cfg, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+class TinyConvNet(nn.Module):
+    """Two convolutions and global pooling: learns the fixture's 4 patterns in seconds."""
+
+    def __init__(self, num_classes=4, in_channels=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def tiny_model(spec):
+    return ImageClassifier(TinyConvNet(len(spec.classes), spec.channels), "tiny_conv", spec)
+
+
+FAST = TrainConfig(epochs=4, batch_size=64, lr=0.1, tau=2.0, regime="none", mixup=False, precision="fp32",
+                   channels_last=False, log_every=5)
+
+
+def test_teacher_training_then_distillation_learn_the_task(tiny_dataset, tiny_spec):
+    data = open_images(str(tiny_dataset))
+    teacher = tiny_model(tiny_spec)
+    torch.manual_seed(0)
+    run = train(teacher, ArrayBatches(data, 64, 0, torch.device("cpu")), FAST, eval_set=data)
+    assert run.eval_accuracy > 0.95
+
+    # Distil through the same images without their labels: the student matches the teacher.
+    unlabelled = ImageSet(data.images, None, None, "unlabelled")
+    student = tiny_model(tiny_spec)
+    teacher.zero_grad(set_to_none=True)
+    weights_before = [p.clone() for p in teacher.parameters()]
+    run = train(student, ArrayBatches(unlabelled, 64, 0, torch.device("cpu")), FAST, teacher=teacher, eval_set=data)
+    assert run.eval_accuracy > 0.95
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, teacher.parameters())), "teacher must stay frozen"
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_mixup_and_augmentation_path_runs_and_learns(tiny_dataset, tiny_spec):
+    data = open_images(str(tiny_dataset))
+    model = tiny_model(tiny_spec)
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=8, batch_size=64, lr=0.2, regime="standard", mixup=True, precision="fp32",
+                      channels_last=False, regime_overrides=(("randaugment_n", 0),))
+    run = train(model, ArrayBatches(data, 64, 0, torch.device("cpu")), cfg, eval_set=data)
+    assert run.eval_accuracy > 0.9
+
+
+class InterruptAt:
+    """Batches that raise KeyboardInterrupt at a given step, like a user pressing Ctrl-C."""
+
+    def __init__(self, inner, step):
+        self.inner, self.step, self.steps_per_epoch = inner, step, inner.steps_per_epoch
+
+    def batch(self, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+        return self.inner.batch(step)
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_dataset, tiny_spec, tmp_path):
+    data = open_images(str(tiny_dataset))
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.2, regime="standard", mixup=True, precision="fp32",
+                      channels_last=False, checkpoint_every=1, regime_overrides=(("randaugment_n", 0),))
+    batches = ArrayBatches(data, 64, 0, torch.device("cpu"))
+
+    torch.manual_seed(0)
+    reference = tiny_model(tiny_spec)
+    train(reference, batches, cfg)
+
+    torch.manual_seed(0)
+    interrupted = tiny_model(tiny_spec)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, InterruptAt(batches, 13), cfg, run_dir=tmp_path / "run")  # state saved at step 8
+    assert (tmp_path / "run" / "state.pt").exists()
+    torch.manual_seed(123)  # a different init: everything must come from the saved state
+    resumed = tiny_model(tiny_spec)
+    run = train(resumed, batches, cfg, run_dir=tmp_path / "run")
+    assert run.steps == 24
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+    # Resuming with a different config is refused rather than silently mixing two runs.
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(tiny_spec), InterruptAt(batches, 13), cfg, run_dir=tmp_path / "other")
+    from dataclasses import replace
+    with pytest.raises(UserError, match="different config"):
+        train(tiny_model(tiny_spec), batches, replace(cfg, lr=0.3), run_dir=tmp_path / "other")
+
+
+def test_fewer_images_than_a_batch_is_a_clear_error(tiny_spec):
+    tiny = ImageSet(torch.zeros(10, 1, 16, 16, dtype=torch.uint8), None, None, "ten")
+    with pytest.raises(UserError, match="fewer than one batch"):
+        ArrayBatches(tiny, 64, 0, torch.device("cpu"))
