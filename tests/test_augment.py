@@ -1,0 +1,311 @@
+"""Augmentation: each kernel against torchvision on the same parameters, identities, per-sample draws, regimes."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandAugment
+
+from surrogate_kd.augment import (
+    RANDAUGMENT_OPS,
+    REGIMES,
+    Regime,
+    _per_sample,
+    apply_op,
+    apply_ops,
+    augment,
+    augment_preview,
+    draw_ops,
+    elastic,
+    elastic_displacement,
+    erase,
+    flip_crop,
+    get_regime,
+    mixup,
+    op_magnitudes,
+)
+from surrogate_kd.errors import UserError
+
+SIZE = 16
+
+
+def _images(channels: int, seed: int = 0) -> torch.Tensor:
+    """(6, C, 16, 16) uint8 with the cases the ops care about: noise, blocks, flat, low contrast, gradient, dark."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 256, (channels, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    blocks = noise.clone()
+    blocks[:, 3:11, 5:13] = 200
+    flat = torch.full((channels, SIZE, SIZE), 77, dtype=torch.uint8)
+    low_contrast = torch.randint(100, 141, (channels, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    gradient = torch.arange(SIZE * SIZE, dtype=torch.uint8).view(1, SIZE, SIZE).expand(channels, -1, -1).clone()
+    dark = torch.randint(0, 30, (channels, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    return torch.stack([noise, blocks, flat, low_contrast, gradient, dark])
+
+
+def _float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255.0
+
+
+# torchvision's RandAugment `_apply_op`, written with the public v2 functional API: (uint8 image, magnitude) -> image.
+TORCHVISION_OPS = {
+    "Identity": lambda im, m: im,
+    "ShearX": lambda im, m: TF.affine(
+        im, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(math.atan(m)), 0.0], center=[0, 0]
+    ),
+    "ShearY": lambda im, m: TF.affine(
+        im, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, math.degrees(math.atan(m))], center=[0, 0]
+    ),
+    "TranslateX": lambda im, m: TF.affine(im, angle=0.0, translate=[int(m), 0], scale=1.0, shear=[0.0, 0.0]),
+    "TranslateY": lambda im, m: TF.affine(im, angle=0.0, translate=[0, int(m)], scale=1.0, shear=[0.0, 0.0]),
+    "Rotate": lambda im, m: TF.rotate(im, m),
+    "Brightness": lambda im, m: TF.adjust_brightness(im, 1.0 + m),
+    "Color": lambda im, m: TF.adjust_saturation(im, 1.0 + m),
+    "Contrast": lambda im, m: TF.adjust_contrast(im, 1.0 + m),
+    "Sharpness": lambda im, m: TF.adjust_sharpness(im, 1.0 + m),
+    "Posterize": lambda im, m: TF.posterize(im, int(m)),
+    "Solarize": lambda im, m: TF.solarize(im, m),
+    "AutoContrast": lambda im, m: TF.autocontrast(im),
+    "Equalize": lambda im, m: TF.equalize(im),
+}
+# Same grid and nearest rounding for the warps; the level maps see exact 0-255 levels here.
+EXACT = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Posterize", "Solarize", "Equalize")
+PARAMETER_FREE = ("Identity", "AutoContrast", "Equalize")
+
+
+def _magnitudes(name: str) -> torch.Tensor:
+    """Six per-image magnitudes for an op, in torchvision's units: several strengths, both signs."""
+    if name == "Posterize":
+        return torch.tensor([4.0, 5.0, 6.0, 7.0, 8.0, 6.0])
+    if name == "Solarize":
+        return torch.tensor([0.0, 100.0, 136.0, 255.0, 17.0, 200.0])
+    strengths = [op_magnitudes(m, SIZE, SIZE)[0][RANDAUGMENT_OPS.index(name)].item() for m in (5, 14, 30)]
+    return torch.tensor([strengths[0], -strengths[1], strengths[2], -strengths[2], strengths[1], -strengths[0]])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", RANDAUGMENT_OPS)
+def test_op_matches_torchvision_per_image(name, channels):
+    images = _images(channels)
+    magnitude = _magnitudes(name)
+    ours = apply_op(_float(images), name, magnitude)
+    reference = _float(torch.stack([TORCHVISION_OPS[name](im, float(m)) for im, m in zip(images, magnitude)]))
+    if name in EXACT:  # up to float rounding (1 - x vs (255 - level) / 255)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    else:  # torchvision truncates to uint8 (and floors the grey it blends with), we stay in float
+        torch.testing.assert_close(ours, reference, rtol=0, atol=2 / 255)
+
+
+@pytest.mark.parametrize("name", [n for n in RANDAUGMENT_OPS if n not in PARAMETER_FREE])
+def test_op_at_magnitude_zero_is_identity(name):
+    x = _float(_images(3)).clamp(max=254 / 255)  # Solarize at m=0 inverts level 255, as torchvision's does
+    neutral = op_magnitudes(0, SIZE, SIZE)[0][RANDAUGMENT_OPS.index(name)]
+    torch.testing.assert_close(apply_op(x, name, neutral), x, rtol=0, atol=0)
+    strong = op_magnitudes(30, SIZE, SIZE)[0][RANDAUGMENT_OPS.index(name)]
+    assert not torch.equal(apply_op(x, name, strong), x)  # and the op does something when asked to
+
+
+@pytest.mark.parametrize("magnitude", [0, 9, 14, 30])
+def test_magnitude_table_is_torchvisions(magnitude):
+    space = RandAugment()._augmentation_space(31, (SIZE, SIZE + 4))
+    values, signed = op_magnitudes(magnitude, SIZE, SIZE + 4)
+    assert list(space) == list(RANDAUGMENT_OPS)
+    for i, (table, is_signed) in enumerate(space.values()):
+        expected = float(table[magnitude]) if table.ndim > 0 else 0.0
+        assert values[i].item() == pytest.approx(expected, abs=1e-5), RANDAUGMENT_OPS[i]
+        assert bool(signed[i]) == is_signed
+
+
+def test_magnitudes_beyond_the_scale_are_clipped_to_each_ops_maximum():
+    top, _ = op_magnitudes(30, SIZE, SIZE)
+    torch.testing.assert_close(op_magnitudes(45, SIZE, SIZE)[0], top)
+    assert not torch.equal(op_magnitudes(29, SIZE, SIZE)[0], top)
+
+
+def test_flip_crop_matches_torchvision():
+    images = _images(3)
+    flip = torch.tensor([True, False, True, False, True, False])
+    top, left = torch.tensor([0, 8, 3, 5, 4, 1]), torch.tensor([8, 0, 2, 4, 4, 7])
+    ours = flip_crop(_float(images), flip, top, left, padding=4)
+    reference = []
+    for image, flipped, row, col in zip(images, flip, top, left):
+        image = TF.horizontal_flip(image) if flipped else image
+        reference.append(TF.crop(TF.pad(image, [4]), int(row), int(col), SIZE, SIZE))
+    torch.testing.assert_close(ours, _float(torch.stack(reference)), rtol=0, atol=0)
+
+
+def test_flip_crop_without_flip_at_the_centre_is_identity():
+    x = _float(_images(1))
+    centre = torch.full((6,), 4)
+    torch.testing.assert_close(flip_crop(x, torch.zeros(6, dtype=torch.bool), centre, centre, 4), x, rtol=0, atol=0)
+    assert not torch.equal(flip_crop(x, torch.ones(6, dtype=torch.bool), centre, centre, 4), x)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5])
+def test_elastic_matches_torchvision(sigma):
+    images = _images(3)
+    noise = torch.rand(6, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    displacement = elastic_displacement(noise, alpha=50.0, sigma=sigma)  # (B, H, W, 2)
+    taps = int(8 * sigma + 1) | 1
+    for b in range(6):  # ElasticTransform.make_params, on the same noise
+        dx = TF.gaussian_blur(noise[b : b + 1, :1], [taps, taps], [sigma, sigma]) * 50.0 / SIZE
+        dy = TF.gaussian_blur(noise[b : b + 1, 1:], [taps, taps], [sigma, sigma]) * 50.0 / SIZE
+        torch.testing.assert_close(displacement[b : b + 1], torch.cat([dx, dy], 1).permute(0, 2, 3, 1))
+    ours = elastic(_float(images), displacement)
+    reference = torch.stack([TF.elastic(im, d[None], fill=0) for im, d in zip(images, displacement)])
+    torch.testing.assert_close(ours, _float(reference), rtol=0, atol=0.51 / 255)  # torchvision rounds to uint8
+
+
+def test_elastic_with_zero_displacement_is_identity():
+    x = _float(_images(3))
+    torch.testing.assert_close(elastic(x, torch.zeros(6, SIZE, SIZE, 2)), x, rtol=0, atol=1e-6)
+
+
+def test_elastic_kernel_may_outgrow_a_small_image():
+    field = elastic_displacement(torch.rand(2, 2, SIZE, SIZE) * 2 - 1, alpha=50.0, sigma=5.0)  # 41 taps on 16 px
+    assert field.shape == (2, SIZE, SIZE, 2) and torch.isfinite(field).all() and field.abs().max() > 0
+
+
+def test_erase_matches_torchvision():
+    x = _float(_images(3))
+    top, left = torch.tensor([1, 0, 3, 5, 0, 2]), torch.tensor([2, 0, 7, 4, 0, 9])
+    height, width = torch.tensor([3, 0, 5, 9, 15, 1]), torch.tensor([4, 0, 8, 2, 15, 6])
+    ours = erase(x, top, left, height, width)
+    reference = [
+        TF.erase(image, int(row), int(col), int(h), int(w), torch.tensor(0.0))
+        for image, row, col, h, w in zip(x, top, left, height, width)
+    ]
+    torch.testing.assert_close(ours, torch.stack(reference), rtol=0, atol=0)
+    torch.testing.assert_close(ours[1], x[1], rtol=0, atol=0)  # height 0: no box
+
+
+def test_regime_without_augmentation_is_identity():
+    images = _images(3)
+    torch.testing.assert_close(augment(images, REGIMES["none"], torch.Generator()), _float(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("field", ["flip_p", "elastic_p", "invert_p", "erasing_p"])
+def test_probability_zero_is_identity_and_one_is_not(field):
+    images = _images(3)
+    off = augment(images, Regime(**{field: 0.0}), torch.Generator().manual_seed(0))
+    on = augment(images, Regime(**{field: 1.0}), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(off, _float(images), rtol=0, atol=0)
+    assert not torch.equal(on, _float(images))
+
+
+def test_invert_with_probability_one_is_one_minus_x():
+    images = _images(1)
+    torch.testing.assert_close(augment(images, Regime(invert_p=1.0), torch.Generator()), 1.0 - _float(images))
+
+
+def test_per_sample_parameters_differ_across_the_batch():
+    image = _images(3)[1]  # one image, repeated: any difference between outputs comes from the draws
+    batch = image.expand(64, -1, -1, -1)
+    out = augment(batch, REGIMES["high"], torch.Generator().manual_seed(0))
+    distinct = {tuple(v.flatten().tolist()) for v in out}
+    assert len(distinct) > 56
+    op_index, magnitude = draw_ops(512, 14, SIZE, SIZE, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert set(op_index.tolist()) == set(range(len(RANDAUGMENT_OPS)))
+    rotate = magnitude[op_index == RANDAUGMENT_OPS.index("Rotate")]
+    assert (rotate > 0).any() and (rotate < 0).any()  # signed ops get a random sign per image
+
+
+def test_ops_apply_per_image():
+    x = _float(_images(3))
+    op_index = torch.tensor([RANDAUGMENT_OPS.index(n) for n in ("Rotate", "Equalize", "Identity", "Posterize")] * 2)[:6]
+    magnitude = torch.tensor([14.0, 0.0, 0.0, 4.0, -14.0, 0.0])
+    ours = apply_ops(x, op_index, magnitude)
+    for b in range(6):
+        alone = apply_op(x[b : b + 1], RANDAUGMENT_OPS[op_index[b]], magnitude[b : b + 1])
+        torch.testing.assert_close(ours[b : b + 1], alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(REGIMES))
+def test_gather_and_where_strategies_agree(name, monkeypatch):
+    images = _images(3).repeat(4, 1, 1, 1)
+    gathered = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
+    monkeypatch.setattr(_per_sample, "GATHER_CHOSEN_ON", set())  # the accelerator path: whole batch + torch.where
+    selected = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
+    torch.testing.assert_close(selected, gathered, rtol=0, atol=1e-6)
+
+
+def test_determinism_under_a_seed():
+    images = _images(3).repeat(4, 1, 1, 1)
+    first = augment(images, REGIMES["extreme"], torch.Generator().manual_seed(7))
+    again = augment(images, REGIMES["extreme"], torch.Generator().manual_seed(7))
+    other = augment(images, REGIMES["extreme"], torch.Generator().manual_seed(8))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", list(REGIMES))
+def test_regimes_give_float_images_in_unit_range(name, channels, device):
+    images = _images(channels, seed=5).repeat(3, 1, 1, 1).to(device)
+    out = augment(images, REGIMES[name], torch.Generator(device=device).manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.float32 and out.device == images.device
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_with_a_cpu_generator():
+    images = _images(3).repeat(8, 1, 1, 1)
+    on_cpu = augment(images, REGIMES["extreme"], torch.Generator().manual_seed(0))
+    on_cuda = augment(images.cuda(), REGIMES["extreme"], torch.Generator().manual_seed(0))
+    assert (on_cuda.cpu() - on_cpu).abs().gt(2 / 255).float().mean() < 0.01  # rare nearest-rounding flips only
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_mixup_is_a_convex_combination_with_the_drawn_lambda(per_sample):
+    x = _float(_images(3)).repeat(4, 1, 1, 1)
+    mixed, lam, perm = mixup(x, torch.Generator().manual_seed(0), per_sample=per_sample)
+    assert lam.shape == ((24,) if per_sample else (1,))
+    assert ((lam >= 0) & (lam <= 1)).all()
+    assert sorted(perm.tolist()) == list(range(24)) and not torch.equal(perm, torch.arange(24))
+    weight = lam.view(-1, 1, 1, 1)
+    torch.testing.assert_close(mixed, weight * x + (1 - weight) * x[perm])
+    assert (mixed >= torch.minimum(x, x[perm]) - 1e-6).all() and (mixed <= torch.maximum(x, x[perm]) + 1e-6).all()
+    if per_sample:
+        assert lam.unique().numel() == 24
+
+
+def test_unknown_regime_lists_the_valid_ones():
+    with pytest.raises(UserError, match="none, standard, high, extreme"):
+        get_regime("strong")
+
+
+def test_unknown_op_lists_the_valid_ones():
+    with pytest.raises(UserError, match="Identity, ShearX.*Equalize"):
+        apply_op(torch.zeros(1, 1, 4, 4), "Blur", 1.0)
+
+
+def test_regime_overrides_are_typed_and_checked():
+    regime = get_regime("high", randaugment_n="2", invert_p="0.25")  # as they come from --set on the command line
+    assert regime.randaugment_n == 2 and regime.invert_p == 0.25 and regime.elastic_p == 0.5
+    with pytest.raises(UserError, match="randaugment_n, randaugment_m, flip_p"):
+        get_regime("high", rand_n=2)
+    with pytest.raises(UserError, match=r"flip_p must be in \[0, 1\]"):
+        get_regime("high", flip_p=1.5)
+
+
+def test_presets_follow_the_paper():
+    assert (REGIMES["standard"].randaugment_n, REGIMES["standard"].randaugment_m) == (2, 14)
+    high = REGIMES["high"]
+    assert (high.randaugment_n, high.elastic_p, high.elastic_alpha, high.elastic_sigma, high.invert_p) == (
+        4, 0.5, 50.0, 5.0, 0.1,
+    )  # fmt: skip
+    extreme = REGIMES["extreme"]
+    assert (extreme.randaugment_n, extreme.randaugment_m, extreme.elastic_p) == (8, 30, 0.5) and extreme.erasing_p > 0
+
+
+def test_augment_rejects_float_images():
+    with pytest.raises(UserError, match="uint8"):
+        augment(torch.zeros(2, 3, 8, 8), REGIMES["high"], torch.Generator())
+
+
+def test_augment_preview_writes_a_grid(tmp_path):
+    from PIL import Image
+
+    path = augment_preview(_images(3)[1], REGIMES["high"], n=9, out_png=tmp_path / "grid.png")
+    with Image.open(path) as grid:
+        assert grid.size == (3 * (SIZE + 1) + 1, 3 * (SIZE + 1) + 1)  # 3 x 3 views, 1 px apart
