@@ -1,0 +1,370 @@
+"""Shader-like procedural images: one random program per image, rendered batched in torch.
+
+The paper rendered 1,089 TwiGL fragment shaders and noted that more programs would add
+diversity. Here every image draws its own program from a small grammar, so the number of
+programs is unbounded:
+
+    coordinates (x, y) in [-1, 1]^2
+      -> 1..layers coordinate transforms (affine, polar, sine warp, mirror fold, tiling,
+         swirl, kaleidoscope folds, circle inversion)
+      -> a value function (plasma, rings, stripes, checker, value-noise fbm, Voronoi cells,
+         spirals, Julia orbit traps)
+      -> a shaping (smooth, thresholded edge, posterised, contour bands, ridges)
+      -> a cosine palette a + b*cos(2*pi*(c*t + d)) (or gray), stretched, random gamma.
+
+Each image runs only its own ops: indices are grouped by the op they drew (`_per_sample`).
+Renders that `is_simple` flags (the paper's constant or near-constant shaders) are redrawn
+with the next attempt number, so image i stays a pure function of (seed, i).
+
+Only ops whose CPU results do not depend on an element's position in memory are used
+(sin, cos, exp, log, sqrt, atan, floor and arithmetic; not pow, atan2 or sigmoid), so an
+image is byte-identical whatever batch renders it.
+"""
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from . import SOURCES, luminance, to_uint8, with_channels
+from .rng import Draws, bits_to_uniform, mix64
+
+TAU = 2 * math.pi
+Op = Callable[..., tuple[Tensor, ...]]  # (x, y, u, t, key) -> fields, all (n, H, W) but u (n, P)
+
+
+def _col(u: Tensor, j: int, low: float = 0.0, high: float = 1.0) -> Tensor:
+    """Per-sample parameter j of u (n, P), mapped to [low, high), shaped (n, 1, 1)."""
+    return (low + (high - low) * u[:, j]).view(-1, 1, 1)
+
+
+def _log_col(u: Tensor, j: int, low: float, high: float) -> Tensor:
+    """Like `_col` but log-uniform: for scales and frequencies."""
+    return torch.exp(_col(u, j, math.log(low), math.log(high)))
+
+
+def _fract(x: Tensor) -> Tensor:
+    return x - torch.floor(x)
+
+
+def _atan2(y: Tensor, x: Tensor) -> Tensor:
+    """atan2 from atan: torch.atan2's CPU result depends on position in memory."""
+    safe_x = torch.where(x == 0, 1.0, x)
+    angle = torch.atan(y / safe_x)
+    half_turn = torch.where(y >= 0, math.pi, -math.pi)
+    angle = torch.where(x < 0, angle + half_turn, angle)
+    return torch.where(x == 0, torch.where(y >= 0, math.pi / 2, -math.pi / 2), angle)
+
+
+def _rotate(x: Tensor, y: Tensor, angle: Tensor) -> tuple[Tensor, Tensor]:
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return x * cos - y * sin, x * sin + y * cos
+
+
+# Coordinate transforms: (x, y, u (n, 8), t (n, 1, 1), key (n, 1, 1)) -> (x, y).
+
+
+def _identity(x, y, u, t, key):
+    return x, y
+
+
+def _affine(x, y, u, t, key):
+    x, y = _rotate(x, y, _col(u, 0, 0, TAU))
+    scale = _log_col(u, 1, 0.5, 2.5)
+    return x * scale + _col(u, 2, -1, 1), y * scale + _col(u, 3, -1, 1)
+
+
+def _polar(x, y, u, t, key):
+    radius = torch.sqrt(x * x + y * y)
+    repeats = torch.floor(_col(u, 0, 1, 7))  # whole turns: the angle seam stays sharp but regular
+    return radius * _col(u, 1, 1, 4) - 1, _atan2(y, x) * (repeats / math.pi)
+
+
+def _sine_warp(x, y, u, t, key):
+    amplitude, frequency = _col(u, 0, 0.05, 0.5), _log_col(u, 1, 1.0, 8.0)
+    x = x + amplitude * torch.sin(frequency * y + _col(u, 2, 0, TAU) + t)
+    y = y + amplitude * torch.sin(frequency * x + _col(u, 3, 0, TAU) + t)  # warped x: stronger swirls
+    return x, y
+
+
+def _mirror(x, y, u, t, key):
+    """Fold the plane across a random line, optionally also mirroring x."""
+    angle = _col(u, 0, 0, TAU)
+    normal_x, normal_y = torch.cos(angle), torch.sin(angle)
+    behind = torch.clamp(x * normal_x + y * normal_y - _col(u, 1, -0.5, 0.5), max=0.0)
+    x, y = x - 2 * behind * normal_x, y - 2 * behind * normal_y
+    return torch.where(_col(u, 2) < 0.5, x.abs(), x), y
+
+
+def _tile(x, y, u, t, key):
+    """Repeat the plane: sawtooth (hard seams) or triangle wave (mirrored tiles)."""
+    repeats = torch.floor(_col(u, 0, 1, 4))
+    saw_x = _fract(x * repeats + _col(u, 1)) * 2 - 1
+    saw_y = _fract(y * repeats + _col(u, 2)) * 2 - 1
+    mirrored = _col(u, 3) < 0.5
+    return torch.where(mirrored, saw_x.abs() * 2 - 1, saw_x), torch.where(mirrored, saw_y.abs() * 2 - 1, saw_y)
+
+
+def _swirl(x, y, u, t, key):
+    radius = torch.sqrt(x * x + y * y)
+    return _rotate(x, y, _col(u, 0, -8, 8) * torch.exp(-radius * _log_col(u, 1, 0.5, 4.0)) + 0.2 * t)
+
+
+def _kaleidoscope(x, y, u, t, key):
+    """Iterated abs-folds with rotation (Kali-style): self-similar detail at many scales."""
+    offset, angle, scale = _col(u, 0, 0.1, 0.8), _col(u, 1, 0, TAU), _col(u, 2, 0.9, 1.3)
+    for _ in range(4):
+        x, y = _rotate(x.abs() - offset, y.abs() - offset, angle)
+        x, y = x * scale, y * scale
+    return x, y
+
+
+def _inversion(x, y, u, t, key):
+    x, y = x - _col(u, 0, -0.5, 0.5), y - _col(u, 1, -0.5, 0.5)
+    factor = _col(u, 2, 0.2, 1.0) / (x * x + y * y + _col(u, 3, 0.05, 0.5))
+    return x * factor, y * factor
+
+
+TRANSFORMS: list[Op] = [_affine, _polar, _sine_warp, _mirror, _tile, _swirl, _kaleidoscope, _inversion]
+
+
+# Value functions: (x, y, u (n, 28), t, key) -> (v,), v roughly in [0, 1] (stretched later).
+
+
+def _plasma(x, y, u, t, key):
+    v = 0.0
+    for j in range(3):
+        angle = _col(u, 3 + j, 0, TAU)
+        along = x * torch.cos(angle) + y * torch.sin(angle)
+        v = v + torch.sin(_log_col(u, j, 1.0, 8.0) * along + _col(u, 6 + j, 0, TAU) + t)
+    return (v / 6 + 0.5,)
+
+
+def _rings(x, y, u, t, key):
+    dx, dy = x - _col(u, 0, -1, 1), y - _col(u, 1, -1, 1)
+    return (0.5 + 0.5 * torch.sin(torch.sqrt(dx * dx + dy * dy) * _log_col(u, 2, 3.0, 25.0) - t),)
+
+
+def _stripes(x, y, u, t, key):
+    x, _ = _rotate(x, y, _col(u, 0, 0, TAU))
+    return (_fract(x * _log_col(u, 1, 1.0, 10.0) + t / TAU),)
+
+
+def _checker(x, y, u, t, key):
+    """Checkerboard whose tiles hold ramps: hard edges with gradients inside."""
+    x, y = _rotate(x, y, _col(u, 0, 0, TAU))
+    frequency = _log_col(u, 1, 1.0, 6.0)
+    x, y = x * frequency, y * frequency
+    parity = torch.remainder(torch.floor(x) + torch.floor(y), 2.0)
+    return (torch.where(parity > 0, _fract(x), 1 - _fract(y)),)
+
+
+_LATTICE_X, _LATTICE_Y = 0x632BE59BD9B4E019, 0x3C6EF372FE94F82B  # odd, below 2^63
+
+
+def _lattice(key: Tensor, ix: Tensor, iy: Tensor) -> Tensor:
+    """Uniform value per integer lattice point, hashed from the image key (no table)."""
+    return bits_to_uniform(mix64(key + ix * _LATTICE_X + iy * _LATTICE_Y))
+
+
+def _value_noise(key: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Smoothly interpolated lattice noise in [0, 1)."""
+    fx, fy = torch.floor(x), torch.floor(y)
+    ix, iy = fx.to(torch.int64), fy.to(torch.int64)
+    sx, sy = x - fx, y - fy
+    sx, sy = sx * sx * (3 - 2 * sx), sy * sy * (3 - 2 * sy)  # smoothstep: no creases at cell edges
+    top = torch.lerp(_lattice(key, ix, iy), _lattice(key, ix + 1, iy), sx)
+    bottom = torch.lerp(_lattice(key, ix, iy + 1), _lattice(key, ix + 1, iy + 1), sx)
+    return torch.lerp(top, bottom, sy)
+
+
+def _fbm(x, y, u, t, key, max_octaves: int = 5):
+    """Fractal sum of value noise: 1..5 octaves, frequency doubling, random gain."""
+    octaves, gain = _col(u, 0, 1, max_octaves + 1), _col(u, 1, 0.35, 0.75)
+    frequency = _log_col(u, 2, 1.0, 4.0)
+    x, y = x * frequency + t, y * frequency
+    v, amplitude, total = 0.0, torch.ones_like(gain), 0.0
+    for octave in range(max_octaves):
+        weight = amplitude * (octave < octaves)  # octaves past the drawn count weigh 0
+        v = v + weight * _value_noise(key + octave, x, y)
+        total = total + weight
+        x, y, amplitude = x * 2.03, y * 2.03, amplitude * gain  # 2.03: lattices of octaves don't align
+    return (v / total,)
+
+
+def _cells(x, y, u, t, key, points: int = 8):
+    """Voronoi on a periodic tile: distance to the nearest point, cell edges, or flat cells."""
+    x = x - 2 * torch.floor((x + 1) / 2)  # wrap to [-1, 1): cells everywhere, not only near 0
+    y = y - 2 * torch.floor((y + 1) / 2)
+    px = u[:, 2 : 2 + points].view(-1, points, 1, 1) * 2 - 1
+    py = u[:, 10 : 10 + points].view(-1, points, 1, 1) * 2 - 1
+    dist = (x.unsqueeze(1) - px) ** 2 + (y.unsqueeze(1) - py) ** 2  # (n, points, H, W)
+    nearest, which = dist.min(1)
+    second = dist.scatter(1, which.unsqueeze(1), math.inf).amin(1)
+    cell_value = torch.gather(u[:, 18 : 18 + points], 1, which.flatten(1)).view_as(nearest)
+    mode = _col(u, 0)
+    distance, edges = torch.sqrt(nearest), torch.sqrt(second) - torch.sqrt(nearest)
+    return (torch.where(mode < 0.33, distance, torch.where(mode < 0.66, edges, cell_value)),)
+
+
+def _spiral(x, y, u, t, key):
+    dx, dy = x - _col(u, 0, -0.5, 0.5), y - _col(u, 1, -0.5, 0.5)
+    arms, twist = torch.floor(_col(u, 2, 1, 9)), _col(u, 3, -12, 12)
+    phase = arms * _atan2(dy, dx) + twist * torch.sqrt(dx * dx + dy * dy) + t
+    return (0.5 + 0.5 * torch.sin(phase),)
+
+
+def _julia(x, y, u, t, key, steps: int = 10):
+    """Orbit trap of z -> z^2 + c: fractal detail, smooth or filament-like."""
+    angle, radius = _col(u, 0, 0, TAU) + 0.1 * t, _col(u, 1, 0.6, 0.8)
+    c_re, c_im = radius * torch.cos(angle), radius * torch.sin(angle)
+    zx, zy = x * _col(u, 2, 0.8, 1.6), y * _col(u, 2, 0.8, 1.6)
+    trap = torch.full_like(zx, math.inf)
+    cross = _col(u, 3) < 0.5  # distance to the axes, or to the origin
+    for _ in range(steps):
+        zx, zy = (zx * zx - zy * zy + c_re).clamp(-1e3, 1e3), (2 * zx * zy + c_im).clamp(-1e3, 1e3)
+        trap = torch.minimum(trap, torch.where(cross, torch.minimum(zx.abs(), zy.abs()), zx * zx + zy * zy))
+    return (torch.sqrt(trap.clamp(max=1.0)),)
+
+
+VALUES: list[Op] = [_plasma, _rings, _stripes, _checker, _fbm, _cells, _spiral, _julia]
+
+
+def _per_sample(ops: list[Op], choice: Tensor, *fields: Tensor) -> list[Tensor]:
+    """Run ops[choice[i]] on sample i for all i, one call per op on the samples that chose it."""
+    results: list[Tensor] = []
+    for k, op in enumerate(ops):
+        rows = (choice == k).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        part = op(*(field[rows] for field in fields))
+        if not results:
+            results = [part_i.new_empty((choice.shape[0], *part_i.shape[1:])) for part_i in part]
+        for result, part_i in zip(results, part):
+            result[rows] = part_i
+    return results
+
+
+def _stretch(x: Tensor) -> Tensor:
+    """Min-max normalise each sample (n, ...) to [0, 1]."""
+    flat = x.flatten(1)
+    low, high = flat.amin(1), flat.amax(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return (x - low.view(shape)) / (high - low).clamp(min=1e-6).view(shape)
+
+
+def _shape_values(v: Tensor, u: Tensor) -> Tensor:
+    """Smooth, hard-edged, posterised, banded or ridged versions of v (n, H, W) in [0, 1]."""
+    kind = _col(u, 0)
+    level = _col(u, 1, 0.3, 0.7)
+    steps = torch.floor(_col(u, 2, 3, 9))
+    edged = 0.6 * (v > level) + 0.4 * v
+    posterised = torch.floor(v * steps) / (steps - 1)
+    banded = _fract(v * torch.floor(_col(u, 3, 2, 7)))
+    ridged = torch.abs(torch.sin(v * _col(u, 4, 1, 4) * math.pi))
+    shaped = torch.where(kind < 0.5, v, torch.where(kind < 0.625, edged, torch.where(kind < 0.75, posterised,
+             torch.where(kind < 0.875, banded, ridged))))  # fmt: skip
+    return shaped.clamp(0.0, 1.0)
+
+
+def _colourise(v: Tensor, u: Tensor) -> Tensor:
+    """(n, H, W) values -> (n, 3, H, W) in [0, 1]: cosine palette or gray, stretch, gamma."""
+    a, b = u[:, 0:3].view(-1, 3, 1, 1) * 0.4 + 0.3, u[:, 3:6].view(-1, 3, 1, 1) * 0.25 + 0.25
+    c = torch.exp(u[:, 6:9].view(-1, 3, 1, 1) * math.log(8.0) - math.log(2.0))  # 0.5..4 cycles
+    d = u[:, 9:12].view(-1, 3, 1, 1)
+    values = v.unsqueeze(1)  # (n, 1, H, W)
+    rgb = a + b * torch.cos(TAU * (c * values + d))
+    rgb = torch.where(u[:, 12].view(-1, 1, 1, 1) < 0.1, values.expand_as(rgb), rgb)
+    rgb = _stretch(rgb)
+    gamma = torch.exp(u[:, 13].view(-1, 1, 1, 1) * (2 * math.log(2.0)) - math.log(2.0))  # 0.5..2
+    return torch.exp(gamma * torch.log(rgb + 1e-4))  # x**gamma; pow is position-dependent on CPU
+
+
+def _render(seed: int, programs: Tensor, attempts: Tensor, time_steps: Tensor, size: int, layers: int) -> Tensor:
+    """(n, 3, size, size) float images of the programs `programs` at time steps in [0, 1)."""
+    n, device = programs.numel(), programs.device
+    draws = Draws(seed, programs, salt=attempts)
+    active = draws.integers(layers) + 1  # (n,) number of transform layers used
+    layer_ops = draws.integers(len(TRANSFORMS), layers)  # (n, L)
+    layer_params = draws.uniform(layers, 8)  # (n, L, 8)
+    value_op, value_params = draws.integers(len(VALUES)), draws.uniform(28)
+    shape_params, colour_params = draws.uniform(5), draws.uniform(14)
+    time = (TAU * (draws.uniform() + time_steps)).view(-1, 1, 1)  # cyclic: the paper's time steps
+    key = draws.bits().view(-1, 1, 1)  # per-program seed of the lattice noise
+
+    grid = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
+    y = grid.view(1, size, 1).expand(n, size, size)
+    x = grid.view(1, 1, size).expand(n, size, size)
+    ops = [_identity, *TRANSFORMS]
+    for layer in range(layers):
+        choice = torch.where(layer < active, layer_ops[:, layer] + 1, 0)
+        x, y = _per_sample(ops, choice, x, y, layer_params[:, layer], time, key)
+    (v,) = _per_sample(VALUES, value_op, x, y, value_params, time, key)
+    v = torch.nan_to_num(v, nan=0.0, posinf=1.0, neginf=0.0)
+    v = _shape_values(_stretch(v), shape_params)
+    return _colourise(v, colour_params)
+
+
+def is_simple(images: Tensor, min_std: float = 0.04, min_colors: int = 3, min_share: float = 0.01) -> Tensor:
+    """bool (N,): images (N, C, H, W) uint8 that are near-constant or have too few colours.
+
+    The paper drops shader renders that are constant or "simple" (two colours, or few
+    coloured pixels). Measured here as: standard deviation of luminance (in [0, 1]) below
+    min_std, or fewer than min_colors colours that each cover at least min_share of the
+    pixels, after quantising every channel to 8 levels (so a flat image with a few stray
+    pixels counts as one colour).
+    """
+    n, channels = images.shape[:2]
+    gray = images.float() / 255.0
+    gray = luminance(gray) if channels == 3 else gray
+    std = gray.flatten(1).std(1, correction=0)
+    levels = (images >> 5).to(torch.int64)  # (N, C, H, W) in 0..7
+    code = levels[:, 0]
+    for c in range(1, channels):
+        code = code * 8 + levels[:, c]
+    code = code.flatten(1)  # (N, H*W) quantised colour of each pixel
+    counts = torch.zeros(n, 8**channels, dtype=torch.int64, device=images.device)
+    counts.scatter_add_(1, code, torch.ones_like(code))
+    colors = (counts >= max(1.0, min_share * code.shape[1])).sum(1)
+    return (std < min_std) | (colors < min_colors)
+
+
+@SOURCES.register("shaders")
+def shaders(
+    seed: int,
+    indices: Tensor,
+    size: int,
+    channels: int,
+    device: torch.device,
+    layers: int = 3,
+    frames: int = 1,
+    min_std: float = 0.04,
+    min_colors: int = 3,
+    attempts: int = 8,
+) -> Tensor:
+    """uint8 (N, channels, size, size) shader-like images.
+
+    layers: at most this many coordinate transforms per program (each draws 1..layers).
+    frames: consecutive images i share program i // frames at time steps (i % frames) / frames.
+    min_std, min_colors: the `is_simple` filter; attempts: renders tried before keeping a
+    simple one (1 turns the filter off).
+    """
+    if not (isinstance(layers, int) and layers >= 1):
+        raise UserError(f"shaders needs layers >= 1, got {layers!r}")
+    if not (isinstance(frames, int) and frames >= 1):
+        raise UserError(f"shaders needs frames >= 1, got {frames!r}")
+    if not (isinstance(attempts, int) and attempts >= 1):
+        raise UserError(f"shaders needs attempts >= 1, got {attempts!r}")
+    programs, time_steps = indices // frames, (indices % frames).to(torch.float32) / frames
+    out = torch.empty((indices.numel(), channels, size, size), dtype=torch.uint8, device=device)
+    todo = torch.arange(indices.numel(), device=device)  # rows still without an accepted render
+    for attempt in range(attempts):
+        images = to_uint8(with_channels(_render(seed, programs[todo], attempt, time_steps[todo], size, layers), channels))
+        keep = ~is_simple(images, min_std, min_colors) if attempt < attempts - 1 else torch.ones_like(todo, dtype=torch.bool)
+        out[todo[keep]] = images[keep]
+        todo = todo[~keep]
+        if todo.numel() == 0:
+            break
+    return out
