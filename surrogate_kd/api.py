@@ -34,6 +34,11 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
     return path
 
 
+def _as_json(config: dict) -> dict:
+    """The config as it reads back from JSON (tuples become lists), so comparisons are exact."""
+    return json.loads(json.dumps(config, default=str))
+
+
 def _completed(out: Path, config: dict) -> dict | None:
     """The result of a finished run in `out` with the same config, if there is one."""
     result_file = out / "result.json"
@@ -81,7 +86,7 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
                   cfg: TrainConfig = TrainConfig(), eval_data: str | None = None, download: bool = False) -> dict:
     """Train a teacher with one-hot cross-entropy; reuses a finished run with the same config."""
     out = Path(out)
-    config = {"data": data, "arch": arch, "train": asdict(cfg), "eval_data": eval_data}
+    config = _as_json({"data": data, "arch": arch, "train": asdict(cfg), "eval_data": eval_data})
     if (done := _completed(out, config)) is not None:
         return {**done, "reused": True}
     train_set = open_images(data, download=download)
@@ -151,8 +156,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     if kind not in DEFAULT_TAU:
         raise UserError(f"unknown data kind '{kind}'; valid: real, synthetic")
     cfg = cfg or replace(TrainConfig(), tau=DEFAULT_TAU[kind])
-    config = {"teacher": str(teacher), "data": data, "student": student, "train": asdict(cfg), "candidates": candidates,
-              "per_class": per_class, "stream": stream, "eval_data": eval_data, "source_params": source_params}
+    config = _as_json({"teacher": str(teacher), "data": data, "student": student, "train": asdict(cfg),
+                       "candidates": candidates, "per_class": per_class, "stream": stream, "eval_data": eval_data,
+                       "source_params": source_params})
     if (done := _completed(out, config)) is not None:
         return {**done, "reused": True}
     device = resolve_device(cfg.device)

@@ -36,8 +36,8 @@ def tiny_spec() -> InputSpec:
     return InputSpec(16, 1, (0.5,), (0.25,), tuple(f"c{i}" for i in range(4)))
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path):
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
     """A learnable 4-class .npz set at 16x16: horizontal stripes, vertical stripes, checks, a blob.
 
     Flips, crops and mixing keep the classes apart, so augmentation paths can be tested on it."""
@@ -49,6 +49,6 @@ def tiny_dataset(tmp_path):
     r, c = np.mgrid[0:16, 0:16]
     patterns = [(r // 2) % 2, (c // 2) % 2, ((r // 2) + (c // 2)) % 2, ((r - 7.5) ** 2 + (c - 7.5) ** 2 < 20)]
     images = np.stack([patterns[y] * 180 + g.random((16, 16)) * 60 for y in labels]).astype(np.uint8)
-    path = tmp_path / "tiny.npz"
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
     np.savez(path, images=images, labels=labels)
     return path
