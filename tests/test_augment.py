@@ -193,6 +193,14 @@ def test_probability_zero_is_identity_and_one_is_not(field):
     assert not torch.equal(on, _float(images))
 
 
+@pytest.mark.parametrize("field", ["flip_p", "elastic_p", "invert_p", "erasing_p"])
+def test_probability_is_per_image(field):
+    batch = _images(3)[1].expand(400, -1, -1, -1)  # asymmetric blocks on noise: every op changes it
+    out = augment(batch, Regime(**{field: 0.3}), torch.Generator().manual_seed(0))
+    changed = (out != _float(batch)).flatten(1).any(dim=1).float().mean()
+    assert 0.22 < changed < 0.38
+
+
 def test_invert_with_probability_one_is_one_minus_x():
     images = _images(1)
     torch.testing.assert_close(augment(images, Regime(invert_p=1.0), torch.Generator()), 1.0 - _float(images))
