@@ -1,0 +1,301 @@
+"""Image pools on disk: uint8 .npy shards + a JSON manifest, readable with plain numpy.
+
+Layout of a pool directory (docs/pool-format.md has the full description):
+
+    manifest.json       format, version, source, params, seed, count, size, channels, shards...
+    images-00000.npy    uint8 (n, H, W, C), at most shard_size images per shard
+    images-00001.npy    ...
+    labels.npy          optional int64 (count,)
+    logits.npy          optional float32 (count, K)
+
+A pool is written into a hidden sibling directory and renamed into place once complete, with
+the manifest written last: an interrupted or failed write never leaves a directory that looks
+like a pool. Shards are streamed batch by batch, so memory stays bounded by one batch.
+"""
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+FORMAT = "surrogate-kd-pool"
+VERSION = 1
+MANIFEST = "manifest.json"
+_HEADER = {"descr": "|u1", "fortran_order": False}  # uint8, C order: the .npy header's fixed fields
+
+
+class _ShardWriter:
+    """Streams uint8 (B, H, W, C) batches into .npy shards of at most shard_size images."""
+
+    def __init__(self, directory: Path, shard_size: int):
+        self.directory, self.shard_size = directory, shard_size
+        self.shards: list[dict] = []
+        self.image_shape: "tuple[int, int, int] | None" = None  # (H, W, C)
+        self._file = None
+        self._filled = 0
+
+    def write(self, batch: np.ndarray) -> None:
+        if self.image_shape is None:
+            self.image_shape = batch.shape[1:]
+        elif batch.shape[1:] != self.image_shape:
+            raise ValueError(f"batch of images {batch.shape[1:]} in a pool of {self.image_shape} (H, W, C)")
+        while len(batch):
+            if self._file is None:
+                self._open()
+            take = min(len(batch), self.shard_size - self._filled)
+            self._file.write(np.ascontiguousarray(batch[:take]).tobytes())
+            self._filled += take
+            batch = batch[take:]
+            if self._filled == self.shard_size:
+                self._close()
+
+    def finish(self) -> None:
+        if self._file is not None:
+            self._close()
+
+    def abandon(self) -> None:
+        """Close an open shard without finishing it (its directory is about to be deleted)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _header(self, count: int) -> bytes:
+        # numpy pads the header so that axis 0 can grow in place: its length does not depend
+        # on count, which lets the real count overwrite a placeholder once the shard is full.
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {**_HEADER, "shape": (count, *self.image_shape)})
+        return buffer.getvalue()
+
+    def _open(self) -> None:
+        name = f"images-{len(self.shards):05d}.npy"
+        self.shards.append({"file": name, "count": 0})
+        self._file = open(self.directory / name, "wb")
+        self._placeholder = self._header(0)
+        self._file.write(self._placeholder)
+        self._filled = 0
+
+    def _close(self) -> None:
+        header = self._header(self._filled)
+        if len(header) != len(self._placeholder):  # would shift the data: never expected
+            raise RuntimeError("numpy .npy header length changed with the image count")
+        self._file.seek(0)
+        self._file.write(header)
+        self._file.close()
+        self._file = None
+        self.shards[-1]["count"] = self._filled
+
+
+def _claim_output(out: Path, overwrite: bool) -> None:
+    """UserError unless `out` may become a pool: absent, empty, or a pool we may replace."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"pool output {out} exists and is not a directory")
+    if (out / MANIFEST).exists() and not overwrite:
+        raise UserError(f"a pool already exists at {out}; pass overwrite=True (--overwrite) to replace it")
+    if out.is_dir() and not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise UserError(f"pool output {out} is a non-empty directory that is not a pool; refusing to replace it")
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished staging directory to `out`, replacing an old pool there."""
+    if out.is_dir() and any(out.iterdir()):
+        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, retired / "pool")
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)  # onto an empty directory, or none
+
+
+def write_pool(
+    out_dir: "str | Path",
+    batches: Iterable[Tensor],
+    manifest: dict,
+    shard_size: int = 65536,
+    labels: "Tensor | None" = None,
+    logits: "Tensor | None" = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write uint8 (B, C, H, W) batches as a pool at out_dir; returns its path.
+
+    manifest: the caller's fields (source, params, seed, ...); count, size, channels, shards
+    and the format version are filled in here. labels (count,) and logits (count, K) are
+    stored beside the images when given.
+    """
+    out = Path(out_dir)
+    if shard_size <= 0:
+        raise UserError(f"shard size must be positive, got {shard_size}")
+    _claim_output(out, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        raise UserError(f"cannot write a pool at {out}: {error.strerror or error}") from None
+    writer = _ShardWriter(staging, shard_size)
+    try:
+        for batch in batches:
+            if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[2] != batch.shape[3]:
+                raise ValueError(f"pool batches must be uint8 (B, C, S, S), got {batch.dtype} {tuple(batch.shape)}")
+            writer.write(batch.permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, C)
+        writer.finish()
+        if writer.image_shape is None:
+            raise UserError(f"no images to write to the pool at {out}")
+        count = sum(shard["count"] for shard in writer.shards)
+        size, _, channels = writer.image_shape
+        fields = {"format": FORMAT, "version": VERSION, **manifest, "count": count, "size": size,
+                  "channels": channels, "layout": "NHWC", "dtype": "uint8", "shards": writer.shards}  # fmt: skip
+        for name, array, dtype in (("labels", labels, np.int64), ("logits", logits, np.float32)):
+            if array is None:
+                continue
+            array = torch.as_tensor(array).cpu().numpy().astype(dtype, copy=False)
+            if len(array) != count:
+                raise ValueError(f"{name} has {len(array)} rows for a pool of {count} images")
+            np.save(staging / f"{name}.npy", array)
+            fields[name] = f"{name}.npy"
+        (staging / MANIFEST).write_text(json.dumps(fields, indent=2) + "\n")  # last: marks completeness
+        _claim_output(out, overwrite)  # again: another writer may have finished meanwhile
+        _move_into_place(staging, out)
+    except OSError as error:
+        raise UserError(f"cannot write a pool at {out}: {error.strerror or error}") from None
+    finally:
+        writer.abandon()
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+    return out
+
+
+class Pool:
+    """A pool on disk: images are memory-mapped, labels and logits loaded when present."""
+
+    def __init__(self, path: "str | Path"):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"no pool at {self.path}: not a directory")
+        try:
+            self.manifest = json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise UserError(f"no pool at {self.path}: {MANIFEST} is missing (an unfinished write?)") from None
+        except (OSError, ValueError) as error:
+            raise UserError(f"corrupt pool at {self.path}: cannot read {MANIFEST}: {error}") from None
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+            raise UserError(
+                f"pool at {self.path} has format {self.manifest.get('format')!r} version "
+                f"{self.manifest.get('version')!r}; this version reads {FORMAT!r} version {VERSION}"
+            )
+        try:
+            self.size, self.channels = int(self.manifest["size"]), int(self.manifest["channels"])
+            self._shards = [self._open_shard(entry["file"], int(entry["count"])) for entry in self.manifest["shards"]]
+        except (KeyError, TypeError) as error:
+            raise UserError(f"corrupt pool at {self.path}: manifest lacks {error}") from None
+        counts = [len(shard) for shard in self._shards]
+        self._starts = np.cumsum([0, *counts])  # shard k holds images starts[k]..starts[k+1]-1
+        if self._starts[-1] != self.manifest.get("count"):
+            raise UserError(f"corrupt pool at {self.path}: shards hold {self._starts[-1]} images, "
+                            f"manifest says {self.manifest.get('count')}")  # fmt: skip
+        self.labels = self._load_optional("labels", np.int64, (len(self),))
+        self.logits = self._load_optional("logits", np.float32, None)
+
+    def _open_shard(self, name: str, count: int) -> np.ndarray:
+        try:
+            shard = np.load(self.path / name, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise UserError(f"corrupt pool at {self.path}: cannot read shard {name}: {error}") from None
+        expected = (count, self.size, self.size, self.channels)
+        if shard.dtype != np.uint8 or shard.shape != expected:
+            raise UserError(f"corrupt pool at {self.path}: shard {name} is {shard.dtype} {shard.shape}, expected uint8 {expected}")
+        return shard
+
+    def _load_optional(self, name: str, dtype, shape) -> "Tensor | None":
+        if not self.manifest.get(name):
+            return None
+        try:
+            array = np.load(self.path / self.manifest[name])
+        except (OSError, ValueError) as error:
+            raise UserError(f"corrupt pool at {self.path}: cannot read {name}: {error}") from None
+        if array.dtype != dtype or len(array) != len(self) or (shape is not None and array.shape != shape):
+            raise UserError(f"corrupt pool at {self.path}: {name} is {array.dtype} {array.shape} for {len(self)} images")
+        return torch.from_numpy(array)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __repr__(self) -> str:
+        return f"Pool({str(self.path)!r}, count={len(self)}, size={self.size}, channels={self.channels})"
+
+    def images(self, start: int, stop: int) -> Tensor:
+        """uint8 (stop - start, C, H, W) of consecutive images (channels_last in memory)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"images {start}:{stop} outside a pool of {len(self)}")
+        if start == stop:
+            return _to_tensor(np.empty((0, self.size, self.size, self.channels), np.uint8))
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        parts = []
+        for k in range(first, len(self._shards)):
+            lo, hi = max(start, self._starts[k]), min(stop, self._starts[k + 1])
+            if lo >= hi:
+                break
+            parts.append(self._shards[k][lo - self._starts[k] : hi - self._starts[k]])
+        return _to_tensor(np.concatenate(parts) if len(parts) != 1 else parts[0])
+
+    def gather(self, indices: Tensor) -> Tensor:
+        """uint8 (n, C, H, W) of the images at indices (n,), in that order."""
+        indices = torch.as_tensor(indices, dtype=torch.int64).cpu().numpy()
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"indices outside a pool of {len(self)} images")
+        out = np.empty((len(indices), self.size, self.size, self.channels), dtype=np.uint8)
+        shard_of = np.searchsorted(self._starts, indices, side="right") - 1
+        for k in np.unique(shard_of):
+            rows = np.nonzero(shard_of == k)[0]
+            out[rows] = self._shards[k][indices[rows] - self._starts[k]]
+        return _to_tensor(out)
+
+
+def _to_tensor(images: np.ndarray) -> Tensor:
+    """(n, H, W, C) numpy (a copy is made from memory maps) -> (n, C, H, W) uint8 tensor view."""
+    return torch.from_numpy(np.array(images, copy=not images.flags.owndata)).permute(0, 3, 1, 2)
+
+
+def _batches(source: str, seed: int, count: int, size: int, channels: int, batch_size: int,
+             device: str, params: dict) -> Iterator[Tensor]:  # fmt: skip
+    from .sources import render
+
+    for start in range(0, count, batch_size):
+        yield render(source, seed, start, min(batch_size, count - start), size, channels, device, **params).cpu()
+
+
+def synthesize(
+    source: str,
+    count: int,
+    size: int,
+    out: "str | Path",
+    channels: int = 3,
+    seed: int = 0,
+    batch_size: int = 4096,
+    device: str = "cpu",
+    overwrite: bool = False,
+    shard_size: int = 65536,
+    **params,
+) -> Path:
+    """Render images 0..count-1 of a source's stream into a pool at `out`, plus grid.png."""
+    from torchvision.utils import save_image
+
+    from .sources import render
+
+    if not isinstance(count, int) or count <= 0:
+        raise UserError(f"image count must be a positive integer, got {count!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    render(source, seed, 0, 0, size, channels, device, **params)  # argument errors before any file is made
+    manifest = {"source": source, "params": params, "seed": seed}
+    batches = _batches(source, seed, count, size, channels, batch_size, device, params)
+    path = write_pool(out, batches, manifest, shard_size=shard_size, overwrite=overwrite)
+    sample = Pool(path).images(0, min(count, 64))
+    save_image(sample.float() / 255.0, path / "grid.png", nrow=8)
+    return path

@@ -1,0 +1,192 @@
+"""Image sources: shapes, determinism per (seed, index), variety, the simplicity filter, errors."""
+
+import math
+
+import pytest
+import torch
+
+from surrogate_kd.errors import UserError
+from surrogate_kd.sources import SOURCES, is_simple, luminance, render, stream
+from surrogate_kd.sources import leaves as leaves_module
+from surrogate_kd.sources.rng import Draws, mix64
+
+NAMES = ["shaders", "leaves", "noise", "photos"]
+
+
+@pytest.fixture(params=NAMES)
+def name(request) -> str:
+    if request.param == "photos":
+        pytest.importorskip("skimage")
+        pytest.importorskip("sklearn")
+    return request.param
+
+
+def test_all_sources_registered():
+    assert SOURCES.names() == sorted(NAMES)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shape_dtype_and_range(name, channels, device):
+    images = render(name, 0, 0, 6, 12, channels, device=device)
+    assert images.shape == (6, channels, 12, 12)
+    assert images.dtype == torch.uint8 and images.device.type == torch.device(device).type
+    per_image_range = images.flatten(1).amax(1).int() - images.flatten(1).amin(1).int()
+    assert (per_image_range > 20).all()  # no blank images; uint8 bounds hold by type
+
+
+def test_byte_identical_whatever_the_batch(name):
+    full = render(name, 7, 0, 40, 11)
+    assert torch.equal(render(name, 7, 0, 40, 11), full)
+    for start, stop in [(5, 8), (1, 40), (17, 18), (39, 40)]:
+        assert torch.equal(render(name, 7, start, stop - start, 11), full[start:stop]), (start, stop)
+
+
+def test_seeds_and_indices_differ(name):
+    a, b = render(name, 0, 0, 16, 12), render(name, 1, 0, 16, 12)
+    assert all(not torch.equal(x, y) for x, y in zip(a, b))
+    flat = a.flatten(1).float()
+    distinct = torch.cdist(flat, flat) > 0
+    assert distinct.sum() == 16 * 15  # every pair of images in a batch differs
+
+
+def test_stream_is_consecutive_batches(name):
+    batches = stream(name, 3, 5, 8, 1)
+    first, second = next(batches), next(batches)
+    assert torch.equal(torch.cat([first, second]), render(name, 3, 0, 10, 8, 1))
+
+
+def test_shaders_carry_structure():
+    images = render("shaders", 0, 0, 64, 16)
+    std = luminance(images.float() / 255).flatten(1).std(1)
+    assert std.mean() > 0.12 and not is_simple(images).any()
+    # Per-sample programs: not one pattern recoloured, so luminance maps are far apart too.
+    gray = luminance(images.float() / 255).flatten(1)
+    corr = torch.corrcoef(gray)[~torch.eye(64, dtype=torch.bool)]
+    assert corr.abs().mean() < 0.3
+
+
+def test_filter_flags_planted_simple_images():
+    g = torch.Generator().manual_seed(0)
+    varied = render("noise", 0, 0, 1, 16, mean=0.5, std=0.3)[0]
+    constant = torch.full((3, 16, 16), 128, dtype=torch.uint8)
+    two_colours = constant.clone()
+    two_colours[:, :, 8:] = 0
+    stray = constant.clone()  # "few coloured pixels": a flat image with one odd pixel
+    stray[:, 3, 3] = torch.randint(0, 256, (3,), generator=g, dtype=torch.uint8)
+    batch = torch.stack([varied, constant, two_colours, stray])
+    assert is_simple(batch).tolist() == [False, True, True, True]
+    assert not is_simple(batch, min_std=0.0, min_colors=1).any()  # thresholds are parameters
+    assert is_simple(batch[:1], min_std=0.9).item()
+    gray = batch[:, :1]
+    assert is_simple(gray).tolist() == [False, True, True, True]
+
+
+def test_shaders_redraw_only_rejected_renders():
+    strict = dict(min_std=0.2, min_colors=12)
+    first_try = render("shaders", 0, 0, 48, 12, attempts=1, **strict)
+    rejected = is_simple(first_try, **strict)
+    assert 0 < rejected.sum() < 48  # thresholds that bite, or this test proves nothing
+    redrawn = render("shaders", 0, 0, 48, 12, attempts=8, **strict)
+    assert torch.equal(redrawn[~rejected], first_try[~rejected])
+    assert is_simple(redrawn, **strict).sum() < rejected.sum()
+
+
+def test_shader_frames_share_a_program():
+    images = render("shaders", 0, 0, 64, 16, frames=4).float()
+    same_program = (images[0::4] - images[1::4]).abs().mean()
+    next_program = (images[0:60:4] - images[4:64:4]).abs().mean()
+    assert same_program < 0.8 * next_program
+
+
+def test_noise_follows_per_channel_statistics():
+    images = render("noise", 0, 0, 64, 16, mean=[0.2, 0.5, 0.8], std=[0.05, 0.1, 0.05]).float() / 255
+    assert torch.allclose(images.mean((0, 2, 3)), torch.tensor([0.2, 0.5, 0.8]), atol=0.01)
+    assert torch.allclose(images.std((0, 2, 3)), torch.tensor([0.05, 0.1, 0.05]), atol=0.01)
+
+
+def _reference_leaves(seed: int, count: int, size: int, shapes: int) -> torch.Tensor:
+    """Brute force: every pixel centre tested against every shape, the last cover wins."""
+    draws = Draws(seed, torch.arange(count))
+    cx, cy, radius_u, kind_u, angle_u, aspect_u = draws.uniform(shapes, 6).unbind(-1)  # (N, S)
+    colours = draws.uniform(shapes + 1, 3)
+    kind = (kind_u * 5).long().clamp(max=4)
+    radius = leaves_module.power_law_radius(radius_u, 0.03, 1.0, 3.0)
+    angle = torch.where(kind <= 1, 0.0, angle_u * 2 * math.pi)  # circles and squares upright
+    aspect = torch.where(kind == 3, 0.25 + 0.75 * aspect_u, 1.0)
+    centres = (torch.arange(size) + 0.5) / size
+    dx = centres.view(1, 1, 1, -1) - cx[..., None, None]  # (N, S, H, W)
+    dy = centres.view(1, 1, -1, 1) - cy[..., None, None]
+    cos, sin = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None, None]
+    u, v = dx * cos + dy * sin, dy * cos - dx * sin
+    r = radius[..., None, None]
+    circle = u * u + v * v <= r * r
+    box = (u.abs() <= r) & (v.abs() <= r * aspect[..., None, None])
+    s60 = math.sqrt(3) / 2
+    triangle = (v <= r / 2) & (-s60 * u - 0.5 * v <= r / 2) & (s60 * u - 0.5 * v <= r / 2)
+    k = kind[..., None, None]
+    inside = torch.where(k == 0, circle, torch.where(k == 4, triangle, box))
+    order = torch.arange(shapes).view(1, -1, 1, 1)
+    top = torch.where(inside, order, -1).amax(1)  # (N, H, W)
+    top = torch.where(top < 0, shapes, top)
+    picked = torch.gather(colours, 1, top.flatten(1).unsqueeze(-1).expand(-1, -1, 3))
+    return (picked.permute(0, 2, 1).reshape(count, 3, size, size) * 255).round().to(torch.uint8)
+
+
+def test_leaves_match_brute_force_rasterisation():
+    fast = render("leaves", 4, 0, 8, 24, shapes=150)
+    slow = _reference_leaves(4, 8, 24, 150)
+    assert (fast != slow).any(1).sum() <= 2  # of 4608: only centres exactly on an edge may round either way
+
+
+def test_leaves_cover_the_canvas_with_many_colours():
+    one_shape = render("leaves", 0, 0, 32, 16, shapes=1)
+    colours = [torch.unique(image.flatten(1), dim=1).shape[1] for image in one_shape]
+    assert max(colours) == 2 and min(colours) >= 1  # one shape on the background
+    images = render("leaves", 0, 0, 8, 32)
+    assert all(torch.unique(image.flatten(1), dim=1).shape[1] > 10 for image in images)
+
+
+def test_photos_gray_is_luminance_of_colour():
+    pytest.importorskip("skimage")
+    colour = render("photos", 0, 0, 8, 16, 3).float()
+    gray = render("photos", 0, 0, 8, 16, 1).float()
+    assert (luminance(colour / 255) * 255 - gray).abs().max() <= 1.0
+
+
+def test_draws_are_uniform_and_normal():
+    draws = Draws(0, torch.arange(4000))
+    u, z = draws.uniform(5), draws.normal(5)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    assert torch.unique(mix64(torch.arange(10000))).numel() == 10000
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: render("nope", 0, 0, 1, 8), "valid: leaves, noise, photos, shaders"),
+        (lambda: render("noise", 0, 0, 1, 0), "image size"),
+        (lambda: render("noise", 0, 0, 1, -3), "image size"),
+        (lambda: render("noise", 0, 0, 1, 8, channels=2), "channels must be 1 or 3"),
+        (lambda: render("noise", 0, 0, -1, 8), "image count"),
+        (lambda: render("noise", 0, -5, 1, 8), "start index"),
+        (lambda: render("noise", "zero", 0, 1, 8), "seed"),
+        (lambda: render("noise", 0, 0, 1, 8, colour=1), "no parameter colour; valid: mean, std"),
+        (lambda: render("noise", 0, 0, 1, 8, mean=[0.1, 0.2]), "1 or 3 values"),
+        (lambda: render("leaves", 0, 0, 1, 8, shapes=0), "shapes >= 1"),
+        (lambda: render("shaders", 0, 0, 1, 8, layers=0), "layers >= 1"),
+        (lambda: stream("noise", 0, 0, 8, 3), "batch size"),
+    ],
+)
+def test_bad_arguments_are_one_line_user_errors(call, message):
+    with pytest.raises(UserError) as error:
+        call()
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.gpu
+def test_cuda_renders_the_same_distribution(name):
+    cpu, cuda = render(name, 0, 0, 256, 16), render(name, 0, 0, 256, 16, device="cuda").cpu()
+    assert cuda.shape == cpu.shape and cuda.dtype == torch.uint8
+    assert (cuda != cpu).any(1).float().mean() < 0.05  # same programs; rare last-bit flips only
+    assert abs(cuda.float().std() - cpu.float().std()) < 2.0
