@@ -232,7 +232,7 @@ def test_ops_apply_per_image():
 def test_gather_and_where_strategies_agree(name, monkeypatch):
     images = _images(3).repeat(4, 1, 1, 1)
     gathered = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
-    monkeypatch.setattr(_per_sample, "GATHER_CHOSEN_ON", set())  # the accelerator path: whole batch + torch.where
+    monkeypatch.setattr(_per_sample, "SORT_BY_GROUP_ON", set())  # the accelerator path: whole batch + torch.where
     selected = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
     torch.testing.assert_close(selected, gathered, rtol=0, atol=1e-6)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -16,23 +18,31 @@ def randint(generator: torch.Generator, high: int, shape: tuple[int, ...], devic
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
 
-GATHER_CHOSEN_ON = {"cpu"}  # device types where on_chosen gathers; the tests empty it to check the other path
+SORT_BY_GROUP_ON = {"cpu"}  # device types where apply_grouped sorts; the tests empty it to check the other path
 
 
-def on_chosen(x: Tensor, chosen: Tensor, fn, *per_image: Tensor) -> Tensor:
-    """x with `fn(images, *per_image)` applied to the images where chosen (B,) is true.
+def apply_grouped(x: Tensor, group: Tensor, fns: dict[int, Callable[..., Tensor]], *per_image: Tensor) -> Tensor:
+    """x (B, C, H, W) with `fns[g](images, *per_image)` applied to the images whose group (B,) is g.
 
-    On CPU the chosen images are gathered and written back in place (x must be the caller's own
-    tensor), so an op costs in proportion to how many images chose it. On an accelerator `fn` runs
-    on the whole batch and `torch.where` picks: no host sync and no data-dependent shapes
-    (CUDA-graph friendly), and small kernels there are launch-bound anyway.
+    Images in a group without a function are unchanged. On CPU the batch is sorted by group once
+    and each function runs on its contiguous slice: its cost follows the number of images that
+    chose it, for a fixed handful of calls per batch. On an accelerator each function runs on the
+    whole batch and `torch.where` picks: no host sync, no data-dependent shapes (CUDA-graph
+    friendly), and kernels that small are launch-bound anyway.
     """
-    if x.device.type not in GATHER_CHOSEN_ON:
-        return torch.where(chosen[:, None, None, None], fn(x, *per_image), x)
-    index = chosen.nonzero().squeeze(1)
-    if index.numel() > 0:
-        x.index_copy_(0, index, fn(x.index_select(0, index), *(p.index_select(0, index) for p in per_image)))
-    return x
+    if x.device.type not in SORT_BY_GROUP_ON:
+        for g, fn in fns.items():
+            x = torch.where((group == g)[:, None, None, None], fn(x, *per_image), x)
+        return x
+    order = torch.argsort(group, stable=True)  # (B,) images grouped, each group contiguous
+    sorted_x = x.index_select(0, order)
+    sorted_params = [p.index_select(0, order) for p in per_image]
+    ends = torch.bincount(group, minlength=max(fns) + 1).cumsum(0).tolist()
+    for g, fn in fns.items():
+        rows = slice(ends[g - 1] if g > 0 else 0, ends[g])
+        if rows.stop > rows.start:
+            sorted_x[rows] = fn(sorted_x[rows], *(p[rows] for p in sorted_params))
+    return torch.empty_like(x).index_copy_(0, order, sorted_x)
 
 
 def pixel_centres(n: int, device: torch.device) -> Tensor:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ._per_sample import on_chosen, pixel_centres, randint, uniform
+from ._per_sample import apply_grouped, pixel_centres, randint, uniform
 
 # torchvision's RandAugment ops, in its order (`RandAugment._augmentation_space`).
 RANDAUGMENT_OPS = (
@@ -60,12 +62,15 @@ def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor) -> Tensor:
     x: (B, C, H, W) float in [0, 1]. The five warps share one `grid_sample` with a matrix per
     image; every other op runs once, on the images that chose it.
     """
-    x = x.clone()  # on_chosen writes in place
-    warps = torch.isin(op_index, op_index.new_tensor([_OP_ID[name] for name in _WARPS]))
-    x = on_chosen(x, warps, _warp, op_index, magnitude)
-    for name, op in _PIXEL_OPS.items():
-        x = on_chosen(x, op_index == _OP_ID[name], op, magnitude)
-    return x
+    is_warp = torch.isin(op_index, op_index.new_tensor([_OP_ID[name] for name in _WARPS]))
+    group = torch.where(is_warp, _OP_ID[_WARPS[0]], op_index)  # (B,) all warps in one group
+    fns = {_OP_ID[_WARPS[0]]: _warp} | {_OP_ID[name]: _ignore_op_index(op) for name, op in _PIXEL_OPS.items()}
+    return apply_grouped(x, group, fns, op_index, magnitude)
+
+
+def _ignore_op_index(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """(x, magnitude) -> x as the group signature (x, op_index, magnitude) -> x; only the warps need op_index."""
+    return lambda x, op_index, magnitude: op(x, magnitude)
 
 
 def apply_op(x: Tensor, name: str, magnitude: Tensor | float) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ._per_sample import on_chosen, randint, uniform
+from ._per_sample import apply_grouped, randint, uniform
 from .randaugment import apply_ops, draw_ops
 from .spatial import draw_erasing_boxes, elastic, elastic_displacement, erase, flip_crop
 
@@ -90,7 +90,7 @@ def augment(images: Tensor, regime: Regime, generator: torch.Generator) -> Tenso
         def warp(images: Tensor, noise: Tensor) -> Tensor:
             return elastic(images, elastic_displacement(noise, regime.elastic_alpha, regime.elastic_sigma))
 
-        x = on_chosen(x, chosen, warp, noise)
+        x = apply_grouped(x, chosen.long(), {1: warp}, noise)
     if regime.invert_p > 0:
         chosen = uniform(generator, (batch,), device) < regime.invert_p
         x = torch.where(chosen[:, None, None, None], 1.0 - x, x)

@@ -1,0 +1,179 @@
+"""Augmentation throughput, side by side with torchvision's per-image pipeline and with a KD step.
+
+    python benchmarks/bench_augment.py                    # 32x32 RGB, batch 256, cpu (+ cuda if present)
+    python benchmarks/bench_augment.py --size 28 --channels 1 --seconds 1 --skip-torchvision
+
+Prints one JSON object (images/s): each regime with mixup on each device (`augment` + `mixup`,
+data already on the device); torchvision's per-image `high` pipeline (RandAugment n=4 m=14, flip,
+crop pad 4, elastic p=0.5, invert p=0.1), with and without elastic, through a DataLoader with
+one worker per core, mixup applied to the collated batch like ours; and, on CUDA (or with
+--kd-step on), the plain KD step ResNet-50 -> ResNet-18 and ResNet-34 -> ResNet-18 (bf16 +
+channels_last on CUDA), with the ratio the issue targets: `high`+mixup >= 4x the fastest step.
+Timings are wall-clock over a fixed time window after warm-up; on a shared machine they move
+with the load (the JSON records the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from surrogate_kd.augment import REGIMES, augment, mixup
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def _rate(step, batch: int, seconds: float, device: torch.device, warmup: int = 2) -> float:
+    """Images per second of `step()` (one batch) over about `seconds` after `warmup` calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+        if device.type == "cuda" and calls % 10 == 0:
+            sync()  # keep the timer honest without syncing every call
+    sync()
+    return calls * batch / (time.perf_counter() - start)
+
+
+def ours(device: torch.device, args) -> dict[str, float]:
+    """`augment` + `mixup` per regime, uint8 batch already on the device, generator on the device."""
+    images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step(regime):
+        return lambda: mixup(augment(images, regime, generator), generator)
+
+    return {f"{name}+mixup": round(_rate(step(r), args.batch, args.seconds, device)) for name, r in REGIMES.items()}
+
+
+class _UInt8Images(torch.utils.data.Dataset):
+    """Random uint8 images through a per-image transform, as a data set on disk would be read."""
+
+    def __init__(self, count: int, shape: tuple[int, int, int], transform):
+        self.images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.images[i])
+
+
+def torchvision_reference(args, elastic: bool) -> float:
+    """torchvision's per-image `high` pipeline in DataLoader workers, mixup on the collated batch."""
+    from torchvision.transforms import v2
+
+    transforms = [
+        v2.RandAugment(num_ops=4, magnitude=14),
+        v2.RandomHorizontalFlip(),
+        v2.RandomCrop(args.size, padding=4),
+        v2.RandomApply([v2.ElasticTransform(alpha=50.0, sigma=5.0)], p=0.5) if elastic else v2.Identity(),
+        v2.RandomInvert(p=0.1),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    data = _UInt8Images(args.batch * 64, (args.channels, args.size, args.size), v2.Compose(transforms))
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=args.batch, shuffle=True, num_workers=args.workers, persistent_workers=args.workers > 0
+    )
+    generator = torch.Generator().manual_seed(0)
+    batches = iter(loader)
+    next(batches)  # worker start-up is not throughput
+    count, start = 0, time.perf_counter()
+    for batch in batches:
+        mixup(batch, generator)
+        count += len(batch)
+        if time.perf_counter() - start > args.seconds * 2:  # per-image pipelines are slow: give them longer
+            break
+    return round(count / (time.perf_counter() - start))
+
+
+def kd_steps(device: torch.device, args) -> dict[str, float]:
+    """The plain KD step at 32x32 RGB: frozen teacher forward, student forward + backward + SGD."""
+    from surrogate_kd.distill import autocast_context, kd_loss
+    from surrogate_kd.models import create_network
+
+    rates = {}
+    channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.rand(args.batch, 3, 32, 32, device=device).contiguous(memory_format=channels_last)
+    for teacher_arch in ("resnet50", "resnet34"):
+        teacher = create_network(teacher_arch, 10, 3).to(device, memory_format=channels_last).eval()
+        student = create_network("resnet18", 10, 3).to(device, memory_format=channels_last)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+        autocast = autocast_context(device, "bf16" if device.type == "cuda" else "auto")
+
+        def step():
+            with autocast:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = kd_loss(student(x), teacher_logits, tau=2.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        seconds = args.seconds if device.type == "cuda" else 0.0  # on CPU: warm-up + 3 steps is plenty
+        rates[f"{teacher_arch}->resnet18"] = round(_rate(step, args.batch, seconds, device, warmup=1))
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--seconds", type=float, default=2.0, help="time window per measurement")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: cores)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for ours on CPU")
+    parser.add_argument("--skip-torchvision", action="store_true")
+    parser.add_argument("--kd-step", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA only")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    result = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "load_average": os.getloadavg()[0],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "shape": [args.batch, args.channels, args.size, args.size],
+        "images_per_s": {device.type: ours(device, args) for device in devices},
+    }
+    if not args.skip_torchvision:
+        result["torchvision_dataloader"] = {
+            "workers": args.workers,
+            "high+mixup": torchvision_reference(args, elastic=True),
+            "high_without_elastic+mixup": torchvision_reference(args, elastic=False),
+        }
+    kd_devices = [d for d in devices if args.kd_step == "on" or (args.kd_step == "auto" and d.type == "cuda")]
+    if kd_devices:
+        result["kd_step_images_per_s"] = {device.type: kd_steps(device, args) for device in kd_devices}
+        for device in kd_devices:
+            fastest = max(result["kd_step_images_per_s"][device.type].values())
+            result[f"high+mixup_over_fastest_kd_step_{device.type}"] = round(
+                result["images_per_s"][device.type]["high+mixup"] / fastest, 2
+            )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
