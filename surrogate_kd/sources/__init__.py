@@ -21,9 +21,10 @@ from ..registry import Registry
 
 SOURCES: Registry[Callable[..., Tensor]] = Registry("source")
 
-# Render at most this many pixels per source call: bounds the float temporaries
-# (leaves keeps ~20 candidate pixels per output pixel) at a few hundred MB.
-_PIXELS_PER_CHUNK = 1 << 20
+# Render at most this many pixels per source call (256 images at 32x32): bounds the
+# temporaries (several floats per pixel and per shape row) to tens of MB, which keeps them
+# in cache and out of page faults; 4x larger chunks measured ~25% slower on CPU.
+_PIXELS_PER_CHUNK = 1 << 18
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL and torchvision use for "L"
 

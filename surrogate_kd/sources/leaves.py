@@ -146,15 +146,15 @@ def leaves(
     slot = (log_width * (n * size) + line) * size  # start of this span's row in its level
     # Empty spans still write, harmlessly: order -1 at a clamped column.
     starts = torch.cat([first_col.clamp(max=size - 1), (last_col - block + 1).clamp(min=0)]) + slot.repeat(2)
-    order = torch.where(span_width > 0, shape_of_row % s, -1).repeat(2)
-    table = torch.full((levels * n * size * size,), -1, dtype=torch.int64, device=device)
+    order = torch.where(span_width > 0, shape_of_row % s, -1).to(torch.int32).repeat(2)
+    table = torch.full((levels * n * size * size,), -1, dtype=torch.int32, device=device)
     table.scatter_reduce_(0, starts, order, reduce="amax")
     table = table.view(levels, n * size, size)
     for k in range(levels - 1, 0, -1):  # a level-k block is two level-(k-1) blocks
         half = 1 << (k - 1)
         torch.maximum(table[k - 1], table[k], out=table[k - 1])
         torch.maximum(table[k - 1, :, half:], table[k, :, : size - half], out=table[k - 1, :, half:])
-    topmost = torch.where(table[0] < 0, s, table[0]).view(n, pixels)  # s: the background colour
+    topmost = torch.where(table[0] < 0, s, table[0]).view(n, pixels).long()  # s: the background colour
     colour_index = topmost + torch.arange(n, device=device).unsqueeze(1) * (s + 1)
     picked = colours.reshape(n * (s + 1), channels).index_select(0, colour_index.flatten())  # (N*H*W, C)
     return to_uint8(picked.view(n, pixels, channels).permute(0, 2, 1).reshape(n, channels, size, size))
