@@ -77,15 +77,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    sizes = args.sizes.split(",")
     report = {"threads": args.threads, "torch": torch.__version__, "sources": {}}
     for name in args.sources.split(","):
-        entry = {
-            "images_per_s": {
-                device: {size: round(images_per_second(name, int(size), device, args.seconds)) for size in args.sizes.split(",")}
-                for device in devices
-            },
-            **image_statistics(name),
+        rates = {
+            device: {size: round(images_per_second(name, int(size), device, args.seconds)) for size in sizes}
+            for device in devices
         }
+        entry = {"images_per_s": rates, **image_statistics(name)}
         if args.teacher:
             entry["teacher_relative_entropy"] = teacher_relative_entropy(name, args.teacher)
         report["sources"][name] = entry

@@ -143,7 +143,8 @@ def write_pool(
     try:
         for batch in batches:
             if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[2] != batch.shape[3]:
-                raise ValueError(f"pool batches must be uint8 (B, C, S, S), got {batch.dtype} {tuple(batch.shape)}")
+                shape = tuple(batch.shape)
+                raise ValueError(f"pool batches must be uint8 (B, C, S, S), got {batch.dtype} {shape}")
             writer.write(batch.permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, C)
         writer.finish()
         if writer.image_shape is None:
@@ -184,14 +185,14 @@ class Pool:
             raise UserError(f"no pool at {self.path}: {MANIFEST} is missing (an unfinished write?)") from None
         except (OSError, ValueError) as error:
             raise UserError(f"corrupt pool at {self.path}: cannot read {MANIFEST}: {error}") from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise UserError(
-                f"pool at {self.path} has format {self.manifest.get('format')!r} version "
-                f"{self.manifest.get('version')!r}; this version reads {FORMAT!r} version {VERSION}"
-            )
+        fields = self.manifest if isinstance(self.manifest, dict) else {}
+        found = (fields.get("format"), fields.get("version"))
+        if found != (FORMAT, VERSION):
+            raise UserError(f"pool at {self.path} has format/version {found}; this reader needs {FORMAT!r} {VERSION}")
         try:
             self.size, self.channels = int(self.manifest["size"]), int(self.manifest["channels"])
-            self._shards = [self._open_shard(entry["file"], int(entry["count"])) for entry in self.manifest["shards"]]
+            shards = self.manifest["shards"]
+            self._shards = [self._open_shard(entry["file"], int(entry["count"])) for entry in shards]
         except (KeyError, TypeError) as error:
             raise UserError(f"corrupt pool at {self.path}: manifest lacks {error}") from None
         counts = [len(shard) for shard in self._shards]
@@ -209,7 +210,8 @@ class Pool:
             raise UserError(f"corrupt pool at {self.path}: cannot read shard {name}: {error}") from None
         expected = (count, self.size, self.size, self.channels)
         if shard.dtype != np.uint8 or shard.shape != expected:
-            raise UserError(f"corrupt pool at {self.path}: shard {name} is {shard.dtype} {shard.shape}, expected uint8 {expected}")
+            found = f"{shard.dtype} {shard.shape}"
+            raise UserError(f"corrupt pool at {self.path}: shard {name} is {found}, expected uint8 {expected}")
         return shard
 
     def _load_optional(self, name: str, dtype, shape) -> "Tensor | None":
@@ -220,7 +222,8 @@ class Pool:
         except (OSError, ValueError) as error:
             raise UserError(f"corrupt pool at {self.path}: cannot read {name}: {error}") from None
         if array.dtype != dtype or len(array) != len(self) or (shape is not None and array.shape != shape):
-            raise UserError(f"corrupt pool at {self.path}: {name} is {array.dtype} {array.shape} for {len(self)} images")
+            found = f"{array.dtype} {array.shape}"
+            raise UserError(f"corrupt pool at {self.path}: {name} is {found} for {len(self)} images")
         return torch.from_numpy(array)
 
     def __len__(self) -> int:

@@ -44,7 +44,8 @@ def test_shards_are_plain_numpy(tmp_path, images):
 def test_labels_and_logits_round_trip(tmp_path, images):
     labels = torch.arange(30) % 4
     logits = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
-    pool = Pool(write_pool(tmp_path / "pool", _batches(images, 8), {}, shard_size=10, labels=labels, logits=logits))
+    path = write_pool(tmp_path / "pool", _batches(images, 8), {}, shard_size=10, labels=labels, logits=logits)
+    pool = Pool(path)
     assert pool.labels.dtype == torch.int64 and torch.equal(pool.labels, labels)
     assert pool.logits.dtype == torch.float32 and torch.equal(pool.logits, logits)
     with pytest.raises(ValueError, match="labels has 29 rows"):
@@ -146,6 +147,10 @@ def test_opening_a_bad_pool_names_the_path_and_the_problem(tmp_path, images):
         Pool(path)
     np.save(path / "images-00001.npy", np.zeros((10, 8, 8, 1), np.uint8))
     with pytest.raises(UserError, match="shard images-00001.npy is uint8 \\(10, 8, 8, 1\\)"):
+        Pool(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    (path / MANIFEST).write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(UserError, match="format/version \\('surrogate-kd-pool', 99\\); this reader needs"):
         Pool(path)
     (path / MANIFEST).write_text("{not json")
     with pytest.raises(UserError, match=f"corrupt pool at .*cannot read {MANIFEST}"):

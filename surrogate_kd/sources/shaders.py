@@ -257,17 +257,17 @@ def _stretch(x: Tensor) -> Tensor:
 
 
 def _shape_values(v: Tensor, u: Tensor) -> Tensor:
-    """Smooth, hard-edged, posterised, banded or ridged versions of v (n, H, W) in [0, 1]."""
-    kind = _col(u, 0)
-    level = _col(u, 1, 0.3, 0.7)
+    """Smooth (half the time), hard-edged, posterised, banded or ridged v (n, H, W) in [0, 1]."""
     steps = torch.floor(_col(u, 2, 3, 9))
-    edged = 0.6 * (v > level) + 0.4 * v
-    posterised = torch.floor(v * steps) / (steps - 1)
-    banded = _fract(v * torch.floor(_col(u, 3, 2, 7)))
-    ridged = torch.abs(torch.sin(v * _col(u, 4, 1, 4) * math.pi))
-    shaped = torch.where(kind < 0.5, v, torch.where(kind < 0.625, edged, torch.where(kind < 0.75, posterised,
-             torch.where(kind < 0.875, banded, ridged))))  # fmt: skip
-    return shaped.clamp(0.0, 1.0)
+    candidates = torch.stack([
+        v,
+        0.6 * (v > _col(u, 1, 0.3, 0.7)) + 0.4 * v,  # a threshold edge over the gradient
+        torch.floor(v * steps) / (steps - 1),
+        _fract(v * torch.floor(_col(u, 3, 2, 7))),
+        torch.abs(torch.sin(v * _col(u, 4, 1, 4) * math.pi)),
+    ])  # fmt: skip
+    choice = torch.bucketize(u[:, 0].contiguous(), torch.tensor([0.5, 0.625, 0.75, 0.875], device=u.device))
+    return candidates[choice, torch.arange(v.shape[0], device=v.device)].clamp(0.0, 1.0)
 
 
 def _colourise(v: Tensor, u: Tensor) -> Tensor:
@@ -283,10 +283,10 @@ def _colourise(v: Tensor, u: Tensor) -> Tensor:
     return torch.exp(gamma * torch.log(rgb + 1e-4))  # x**gamma; pow is position-dependent on CPU
 
 
-def _render(seed: int, programs: Tensor, attempts: Tensor, time_steps: Tensor, size: int, layers: int) -> Tensor:
-    """(n, 3, size, size) float images of the programs `programs` at time steps in [0, 1)."""
+def _render(seed: int, programs: Tensor, attempt: int, time_steps: Tensor, size: int, layers: int) -> Tensor:
+    """(n, 3, size, size) float images of programs (n,) at time steps (n,) in [0, 1)."""
     n, device = programs.numel(), programs.device
-    draws = Draws(seed, programs, salt=attempts)
+    draws = Draws(seed, programs, salt=attempt)  # a redraw is a new program for the same image
     active = draws.integers(layers) + 1  # (n,) number of transform layers used
     layer_ops = draws.integers(len(TRANSFORMS), layers)  # (n, L)
     layer_params = draws.uniform(layers, 8)  # (n, L, 8)
@@ -362,8 +362,11 @@ def shaders(
     out = torch.empty((indices.numel(), channels, size, size), dtype=torch.uint8, device=device)
     todo = torch.arange(indices.numel(), device=device)  # rows still without an accepted render
     for attempt in range(attempts):
-        images = to_uint8(with_channels(_render(seed, programs[todo], attempt, time_steps[todo], size, layers), channels))
-        keep = ~is_simple(images, min_std, min_colors) if attempt < attempts - 1 else torch.ones_like(todo, dtype=torch.bool)
+        rgb = _render(seed, programs[todo], attempt, time_steps[todo], size, layers)
+        images = to_uint8(with_channels(rgb, channels))  # (n, C, H, W) uint8
+        keep = ~is_simple(images, min_std, min_colors)
+        if attempt == attempts - 1:
+            keep[:] = True  # out of attempts: keep the last render
         out[todo[keep]] = images[keep]
         todo = todo[~keep]
         if todo.numel() == 0:
