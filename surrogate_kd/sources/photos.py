@@ -69,23 +69,20 @@ class _Atlas:
 
 @lru_cache(maxsize=4)
 def _atlas(device: torch.device) -> _Atlas:
-    chunks, offsets, heights, widths, levels = [], [], [], [], []
+    chunks, offsets, heights, widths = [], [], [], []  # the last three: one list per photo
     start = 0
     for photo in load_photos():
-        level = torch.tensor(photo, dtype=torch.float32)  # (H, W, 3); copies the read-only array
-        rows = []
-        while True:
-            rows.append(level)
-            h, w = level.shape[0] // 2, level.shape[1] // 2
-            if min(h, w) < _MIN_LEVEL_SIDE:
-                break
-            level = level[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean((1, 3))  # 2x2 box filter
-        levels.append(len(rows))
-        offsets.append([]), heights.append([]), widths.append([])
-        for level in rows:
-            offsets[-1].append(start), heights[-1].append(level.shape[0]), widths[-1].append(level.shape[1])
-            chunks.append(level.round().to(torch.uint8).reshape(-1, 3))
-            start += level.shape[0] * level.shape[1]
+        pyramid = [torch.tensor(photo, dtype=torch.float32)]  # (H, W, 3); copies the read-only array
+        while min(pyramid[-1].shape[:2]) // 2 >= _MIN_LEVEL_SIDE:
+            h, w = pyramid[-1].shape[0] // 2, pyramid[-1].shape[1] // 2
+            pyramid.append(pyramid[-1][: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean((1, 3)))  # 2x2 box filter
+        areas = [level.shape[0] * level.shape[1] for level in pyramid]
+        offsets.append([start + sum(areas[:k]) for k in range(len(pyramid))])
+        heights.append([level.shape[0] for level in pyramid])
+        widths.append([level.shape[1] for level in pyramid])
+        chunks.extend(level.round().to(torch.uint8).reshape(-1, 3) for level in pyramid)
+        start += sum(areas)
+    levels = [len(row) for row in offsets]
     depth = max(levels)
 
     def padded(table: list[list[int]]) -> Tensor:  # repeat each photo's last level up to `depth`
@@ -126,11 +123,11 @@ def photos(
     # Finest level at which the crop still spans >= size pixels: at most a 2x bilinear downscale.
     level = torch.floor(torch.log(side / size) / math.log(2.0)).clamp(min=0).to(torch.int64)
     level = torch.minimum(level, atlas.levels[photo] - 1)
-    shrink = torch.exp(-level.float() * math.log(2.0)).unsqueeze(1)  # 2^-level, exact for small levels
+    scale = torch.bitwise_left_shift(torch.ones_like(level), level).float().unsqueeze(1)  # 2^level, exact
     step = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # (S,) pixel centres
     # Level-l pixel k is centred on level-0 coordinate 2^l (k + 0.5).
-    sample_x = (left.unsqueeze(1) + step * side.unsqueeze(1)) * shrink - 0.5  # (N, S)
-    sample_y = (top.unsqueeze(1) + step * side.unsqueeze(1)) * shrink - 0.5
+    sample_x = (left.unsqueeze(1) + step * side.unsqueeze(1)) / scale - 0.5  # (N, S)
+    sample_y = (top.unsqueeze(1) + step * side.unsqueeze(1)) / scale - 0.5
     height, width = atlas.height[photo, level].unsqueeze(1), atlas.width[photo, level].unsqueeze(1)
     x0, x1, wx = _bilinear_taps(sample_x, width)
     y0, y1, wy = _bilinear_taps(sample_y, height)

@@ -84,10 +84,6 @@ class Draws:
         pairs = torch.stack([bits_to_uniform(bits), _second_uniform(bits)], -1).flatten(1)
         return low + (high - low) * pairs[:, :count].reshape(-1, *shape)
 
-    def log_uniform(self, *shape: int, low: float, high: float) -> Tensor:
-        """(N, *shape) float32 with log-uniform density on [low, high): scales, frequencies."""
-        return torch.exp(self.uniform(*shape, low=math.log(low), high=math.log(high)))
-
     def integers(self, high: int, *shape: int) -> Tensor:
         """(N, *shape) int64 uniform in [0, high)."""
         return (self.uniform(*shape) * high).to(torch.int64).clamp_(max=high - 1)
