@@ -1,0 +1,301 @@
+"""Decision-boundary samples: the paper's adversarial pairs (Sect. 4.1 "Adding Teacher Exploitation", Fig. 3).
+
+Each attacked image moves towards a target class t (never the teacher's prediction) by iterative
+signed-gradient steps on the teacher's cross-entropy towards t (an L-inf basic iterative method),
+projected to an epsilon ball around the image and to [0, 1]. Every image has its own step size,
+adapted by Bold Driver: x1.1 after a step that did not reach t; a step that reaches t but leaves
+the pair too confident (top softmax above the threshold) is reverted and halved. The last iterate
+before success ("pre", not t) and the first at success ("post", t) straddle the boundary; one more
+signed step copies each deeper into its own class ("deeper" copies).
+
+Iterates live on the uint8 grid (multiples of 1/255), so what the attack checks is exactly what
+gets stored: a pair cannot swap sides when it is written to a pool.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import ImageSet
+from .distill import autocast_context, predict
+from .errors import UserError
+from .select import class_histogram, relative_entropy
+
+TARGET_MODES = ("random", "nearest", "least-predicted")
+GROW, SHRINK = 1.1, 0.5  # Bold Driver factors (the authors' code)
+GREY_LEVEL = 1 / 255  # the smallest step a uint8 image can show
+ROLES = ("pre", "post", "pre_deeper", "post_deeper")
+
+
+@dataclass
+class BoundaryResult:
+    """K kept pairs as 4K samples, in blocks of K: pre, post, pre deeper, post deeper (see ROLES)."""
+
+    images: Tensor  # (4K, C, H, W) uint8
+    labels: Tensor  # (4K,) int64, the teacher's argmax of each sample
+    targets: Tensor  # (K,) int64, the class each pair was pushed towards
+    source: Tensor  # (K,) int64, index of the attacked image each pair came from
+    summary: dict
+
+    def part(self, role: str) -> tuple[Tensor, Tensor]:
+        """(K, C, H, W) images and (K,) labels of one role: pre, post, pre_deeper or post_deeper."""
+        k = len(self.targets)
+        block = slice(ROLES.index(role) * k, (ROLES.index(role) + 1) * k)
+        return self.images[block], self.labels[block]
+
+
+# --------------------------------------------------------------------------- targets
+
+def level_deficits(counts: Tensor, budget: int) -> Tensor:
+    """(K,) class counts -> (K,) additions that raise the smallest counts to one level using `budget`.
+
+    Water filling: the rarest classes are filled first, up to the level the budget reaches.
+    """
+    ascending = counts.double().sort().values
+    k = torch.arange(1, counts.numel() + 1, dtype=torch.float64)
+    cost = ascending * k - ascending.cumsum(0)  # raising the k rarest classes to the k-th count
+    filled = int((cost <= budget).sum())  # cost never decreases, so this counts a prefix
+    level = ascending[filled - 1] + (budget - cost[filled - 1]) / filled
+    return (level - counts.double()).clamp(min=0)
+
+
+def choose_targets(logits: Tensor, mode: str, generator: torch.Generator, class_counts: Tensor | None = None) -> Tensor:
+    """(N, K) teacher logits -> (N,) target classes, never an image's predicted class.
+
+    random: uniform over the other classes. nearest: the runner-up logit (smallest margin).
+    least-predicted: drawn in proportion to how far each class falls short of a level histogram
+    (`class_counts`, default the predictions on these images), to raise its relative entropy.
+    """
+    if mode not in TARGET_MODES:
+        raise UserError(f"unknown target mode '{mode}'; valid: {', '.join(TARGET_MODES)}")
+    n, num_classes = logits.shape
+    predicted = logits.argmax(1)
+    others = torch.ones(n, num_classes, dtype=torch.bool)
+    others[torch.arange(n), predicted] = False
+    if mode == "nearest":
+        return logits.masked_fill(~others, -math.inf).argmax(1)
+    weights = others.double()  # (N, K)
+    if mode == "least-predicted":
+        counts = class_histogram(predicted, num_classes) if class_counts is None else class_counts.cpu()
+        weights = weights * level_deficits(counts, n)
+        # An image whose own class is the only one short of the level still needs a target.
+        weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, others.double())
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+# --------------------------------------------------------------------------- the attack
+
+def bold_driver(step: Tensor, advanced: Tensor, overshot: Tensor, min_step: float, max_step: float) -> Tensor:
+    """Per-image step sizes (B,): x1.1 after a step that missed the target, x0.5 after a reverted one."""
+    step = torch.where(advanced, step * GROW, step)
+    step = torch.where(overshot, step * SHRINK, step)
+    return step.clamp(min_step, max_step)
+
+
+def _signed_step(x: Tensor, gradient: Tensor, step: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """One descent step x - step * sign(grad), rounded to the uint8 grid and clipped to [low, high]."""
+    moved = (x - step.view(-1, 1, 1, 1) * gradient.sign()).mul(255).round().div(255)
+    return torch.minimum(torch.maximum(moved, low), high)  # low/high are on the grid: stays on it
+
+
+def _input_gradient(teacher: torch.nn.Module, x: Tensor, classes: Tensor, autocast) -> tuple[Tensor, Tensor]:
+    """Teacher logits (B, K) float32 at x and d CE(logits, classes) / dx (B, C, H, W).
+
+    The gradient is taken with respect to the input only, so no parameter's .grad is touched.
+    """
+    x = x.detach().requires_grad_(True)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), autocast:
+            logits = teacher(x.contiguous(memory_format=torch.channels_last)).float()
+            if not logits.requires_grad:
+                raise RuntimeError("its output does not depend differentiably on the input")
+            # Summed, not averaged: each image's gradient is its own, whatever the batch size.
+            (gradient,) = torch.autograd.grad(F.cross_entropy(logits, classes, reduction="sum"), x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        reason = (str(error).strip().splitlines() or ["unknown error"])[0]
+        raise UserError(f"boundary samples need the teacher's gradient with respect to its input, but {reason}; "
+                        "load the teacher outside torch.inference_mode and without no_grad in its forward") from None
+    return logits.detach(), gradient
+
+
+@torch.inference_mode(False)  # a caller in inference mode still gets normal, differentiable tensors here
+def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float, max_steps: int, epsilon: float,
+                  step_size: float, autocast) -> dict[str, Tensor]:
+    """Attack one batch of uint8 images (B, C, H, W) towards targets (B,), all on the device.
+
+    Each step computes only the images still moving (`rows`), so the cost follows the steps
+    actually taken, not max_steps. Returns per image whether it crossed, whether its pair is
+    within the threshold and the steps taken; and, for the kept pairs (`kept`, (K,)), the
+    samples (4, K, C, H, W) float on the uint8 grid and their classes (4, K).
+    """
+    x0 = originals.float().div(255)  # (B, C, H, W)
+    reach = int(epsilon * 255 + 1e-6)  # the epsilon ball in grey levels, rounded down
+    low = (originals.int() - reach).clamp(min=0).float().div(255)
+    high = (originals.int() + reach).clamp(max=255).float().div(255)
+    max_step = max(reach, 1) * GREY_LEVEL  # a longer step only lands on the ball's surface
+
+    step = torch.full(targets.shape, float(step_size), device=x0.device).clamp(GREY_LEVEL, max_step)
+    logits, gradient = _input_gradient(teacher, x0, targets, autocast)
+    top_x, class_x = logits.softmax(1).max(1)
+    active = class_x != targets  # (B,) bool; already t (a precision tie) counts as a failure
+    crossed, within = torch.zeros_like(active), torch.zeros_like(active)
+    steps = torch.zeros(targets.shape, dtype=torch.int64, device=x0.device)
+    x, pre, post, post_gradient = x0.clone(), x0.clone(), x0.clone(), torch.zeros_like(x0)
+    pre_class = class_x.clone()
+    for _ in range(max_steps):
+        rows = active.nonzero().flatten()  # (R,) the one host sync per step
+        if rows.numel() == 0:
+            break
+        candidate = _signed_step(x[rows], gradient[rows], step[rows], low[rows], high[rows])
+        logits_c, gradient_c = _input_gradient(teacher, candidate, targets[rows], autocast)
+        top_c, class_c = logits_c.softmax(1).max(1)
+        reached = class_c == targets[rows]
+        confident = (top_c > threshold) | (top_x[rows] > threshold)
+        # Revert and halve while the step can still shrink; at one grey level, take what it reached.
+        overshot = reached & confident & (step[rows] > GREY_LEVEL * (1 + 1e-6))
+        success, advanced = reached & ~overshot, ~reached
+        steps[rows] += 1
+
+        done = rows[success]  # the pair: the iterate before this step and the candidate
+        pre[done], post[done], post_gradient[done] = x[done], candidate[success], gradient_c[success]
+        pre_class[done], within[done] = class_x[done], ~confident[success]
+        crossed[done], active[done] = True, False
+        moved = rows[advanced]
+        x[moved], gradient[moved] = candidate[advanced], gradient_c[advanced]
+        top_x[moved], class_x[moved] = top_c[advanced], class_c[advanced]
+        step[rows] = bold_driver(step[rows], advanced, overshot, GREY_LEVEL, max_step)
+
+    # Deeper copies of the kept pairs: one more step each, descending the cross-entropy of its own class.
+    kept = (crossed & within).nonzero().flatten()  # (K,)
+    pre, post, pre_class, low, high, step = pre[kept], post[kept], pre_class[kept], low[kept], high[kept], step[kept]
+    pre_deeper, post_deeper, deeper_classes = pre, post, torch.cat([pre_class, targets[kept]])
+    if kept.numel():
+        _, pre_gradient = _input_gradient(teacher, pre, pre_class, autocast)
+        pre_deeper = _signed_step(pre, pre_gradient, step, low, high)
+        post_deeper = _signed_step(post, post_gradient[kept], step, low, high)
+        with torch.no_grad(), autocast:
+            deeper_classes = teacher(torch.cat([pre_deeper, post_deeper])).float().argmax(1)
+    samples = torch.stack([pre, post, pre_deeper, post_deeper])  # (4, K, C, H, W) on the uint8 grid
+    return {"crossed": crossed, "within": within, "steps": steps, "kept": kept,
+            "images": samples.mul(255).round().to(torch.uint8),
+            "labels": torch.stack([pre_class, targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
+
+
+def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "random", threshold: float = 0.9,
+                   max_steps: int = 40, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
+                   batch_size: int = 256, device: torch.device | None = None, precision: str = "auto",
+                   class_counts: Tensor | None = None) -> BoundaryResult:
+    """Boundary pairs and their deeper copies for images (N, C, H, W), uint8 or float in [0, 1].
+
+    Only pairs that crossed within `max_steps` and sit within `threshold` (both images' top
+    softmax) are kept. `class_counts` (K,) is the teacher's prediction histogram of the set the
+    samples will join (default: of `images`): least-predicted targets fill its rarest classes and
+    the summary reports it before and after. The teacher is used in eval mode and left unchanged.
+    """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise UserError(f"boundary samples need a non-empty batch of images (N, C, H, W), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        if not images.is_floating_point() or images.min() < 0 or images.max() > 1:
+            raise UserError(f"images must be uint8 or floats in [0, 1], got {images.dtype}")
+        images = images.mul(255).round().to(torch.uint8)
+    if not 0 < threshold <= 1:
+        raise UserError(f"threshold must be in (0, 1], got {threshold}")
+    if max_steps < 1 or not GREY_LEVEL <= epsilon <= 1 or step_size <= 0 or batch_size < 1:
+        raise UserError(f"need max_steps >= 1, 1/255 <= epsilon <= 1, step_size > 0 and batch_size >= 1; "
+                        f"got {max_steps}, {epsilon}, {step_size}, {batch_size}")
+    device = device or next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    autocast = autocast_context(device, precision)
+    was_training = teacher.training
+    teacher.eval()  # BN on running statistics: the teacher the student will be distilled from
+    started = time.perf_counter()
+    logits = predict(teacher, images, batch_size=batch_size, device=device, precision=precision)  # (N, K)
+    num_classes = logits.shape[1]
+    if num_classes < 2:
+        raise UserError("boundary samples need a teacher with at least two classes")
+    target = choose_targets(logits, targets, torch.Generator().manual_seed(seed), class_counts)
+
+    parts = []
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = slice(start, start + batch_size)
+            out = _attack_batch(teacher, images[chunk].to(device), target[chunk].to(device), threshold, max_steps,
+                                epsilon, step_size, autocast)
+            parts.append({**{k: v.cpu() for k, v in out.items()}, "kept": out["kept"].cpu() + start})
+    finally:
+        teacher.train(was_training)
+    seconds = time.perf_counter() - started
+
+    crossed, within, steps, kept = (torch.cat([p[k] for p in parts]) for k in ("crossed", "within", "steps", "kept"))
+    samples = torch.cat([p["images"] for p in parts], 1)  # (4, K, C, H, W) uint8
+    labels = torch.cat([p["labels"] for p in parts], 1)  # (4, K)
+    result = BoundaryResult(samples.flatten(0, 1), labels.flatten(), target[kept], kept, {})
+
+    before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()
+    after = before + class_histogram(result.labels, num_classes)
+    succeeded = int(crossed.sum())
+    result.summary = {
+        "attacked": len(images), "targets": targets, "threshold": threshold, "max_steps": max_steps,
+        "epsilon": round(epsilon, 6), "success_rate": round(succeeded / len(images), 4),
+        "mean_steps": round(steps[crossed].float().mean().item(), 2) if succeeded else None,
+        "within_threshold": round(len(kept) / succeeded, 4) if succeeded else None,
+        "pairs": len(kept), "samples": len(result.labels),
+        "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4),
+        "class_histogram_after": after.tolist(), "relative_entropy_after": round(relative_entropy(after), 4),
+        "seconds": round(seconds, 2), "samples_per_second": round(len(result.labels) / max(seconds, 1e-9), 1),
+    }
+    return result
+
+
+# --------------------------------------------------------------------------- whole sets
+
+def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction: float = 1.0, seed: int = 0,
+                         **attack) -> tuple[ImageSet, dict]:
+    """The set plus boundary samples from a random `fraction` of it, all labelled with the teacher's argmax.
+
+    `attack`: keyword arguments of `boundary_pairs` (targets, threshold, max_steps, epsilon, ...).
+    Least-predicted targets balance the histogram of the whole set, not only of the attacked part.
+    """
+    if not 0 < fraction <= 1:
+        raise UserError(f"fraction must be in (0, 1], got {fraction}")
+    device = attack.get("device")
+    labels = predict(teacher, image_set.images, device=device, precision=attack.get("precision", "auto")).argmax(1)
+    counts = class_histogram(labels, len(teacher.spec.classes))
+    count = max(1, round(fraction * len(image_set)))
+    chosen = torch.randperm(len(image_set), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    result = boundary_pairs(teacher, image_set.images[chosen], seed=seed, class_counts=counts, **attack)
+    summary = {**result.summary, "fraction": fraction, "images_before": len(image_set),
+               "images_after": len(image_set) + len(result.labels)}
+    extended = ImageSet(torch.cat([image_set.images, result.images]), torch.cat([labels, result.labels]),
+                        teacher.spec.classes, image_set.name)
+    return extended, summary
+
+
+def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
+             threshold: float = 0.9, max_steps: int = 40, epsilon: float = 32 / 255, seed: int = 0,
+             device: str = "auto", overwrite: bool = False) -> dict:
+    """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples; returns the summary."""
+    from .checkpoint import load_model
+    from .data import open_images
+    from .distill import resolve_device
+    from .pool import write_pool
+
+    model = load_model(teacher)
+    dev = resolve_device(device)
+    model.to(dev)
+    spec = model.spec
+    images = open_images(data, spec.size, spec.channels)
+    extended, summary = add_boundary_samples(model, images, fraction, seed, targets=targets, threshold=threshold,
+                                             max_steps=max_steps, epsilon=epsilon, device=dev)
+    params = {"teacher": str(teacher), "data": data, "fraction": fraction, "targets": targets,
+              "threshold": threshold, "max_steps": max_steps, "epsilon": epsilon}
+    chunks = extended.images.split(4096)  # bounded memory per write
+    write_pool(out, chunks, {"source": "boundary", "params": params, "seed": seed, "classes": list(spec.classes)},
+               labels=extended.labels, overwrite=overwrite)
+    return {**summary, "out": str(out)}
