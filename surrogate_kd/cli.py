@@ -97,6 +97,14 @@ def cmd_augment_preview(args):
     print(augment_preview(images.images[args.index], regime, args.n, args.out, seed=args.seed))
 
 
+def cmd_boundary(args):
+    from .boundary import boundary
+
+    _print(boundary(args.teacher, args.data, args.out, fraction=args.fraction, targets=args.targets,
+                    threshold=args.threshold, max_steps=args.max_steps, epsilon=args.epsilon, seed=args.seed,
+                    device=args.device or "auto", overwrite=args.overwrite))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surrogate-kd", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -163,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="augment-preview.png")
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("boundary", help="add decision-boundary samples (pairs + deeper copies) to an image set")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--data", required=True, help="a pool, named dataset, .npz or image folder")
+    p.add_argument("--out", required=True, help="the pool to write: the images plus the samples, teacher-labelled")
+    p.add_argument("--fraction", type=float, default=1.0, help="share of the images to attack")
+    p.add_argument("--targets", choices=["random", "nearest", "least-predicted"], default="random")
+    p.add_argument("--threshold", type=float, default=0.9, help="max top softmax of both images of a pair")
+    p.add_argument("--max-steps", type=int, default=40)
+    p.add_argument("--epsilon", type=float, default=32 / 255, help="L-inf budget in [0, 1] pixel units")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_boundary)
     return parser
 
 
