@@ -18,7 +18,7 @@ from .data import DATASET_STATS, ImageSet, open_images
 from .distill import ArrayBatches, SourceBatches, evaluate_logits, predict, resolve_device, train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .select import balanced_indices, class_histogram, relative_entropy
+from .select import balanced_indices, class_histogram, load_candidates, relative_entropy
 
 SYNTHETIC_SOURCES = ("shaders", "leaves", "noise", "photos")
 # Paper Sect. 4: tau 2 for general-purpose real data, 20 for fine-grained and synthetic data.
@@ -114,22 +114,8 @@ def build_distillation_set(teacher, data: str, candidates: int, per_class: int |
     Returns the set and what the teacher made of the candidates (histogram, relative entropy).
     """
     spec = teacher.spec
-    if data in SYNTHETIC_SOURCES:
-        from .sources import render
-
-        params = dict(source_params or {})
-        if data == "noise":
-            params.setdefault("mean", spec.mean)
-            params.setdefault("std", spec.std)
-        images = torch.cat([render(data, seed, start, min(batch_size * 4, candidates - start), spec.size, spec.channels,
-                                   "cpu", **params) for start in range(0, candidates, batch_size * 4)])
-        pool = ImageSet(images, None, None, data)
-    else:
-        pool = open_images(data, spec.size, spec.channels, download=download)
-        if candidates and len(pool) > candidates:
-            keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:candidates]
-            pool = ImageSet(pool.images[keep], None if pool.labels is None else pool.labels[keep], pool.classes, pool.name)
-    logits = predict(teacher, pool.images, batch_size=batch_size, device=device, progress=f"teacher on {data}")
+    # Cached beside the pool when `data` is one: the teacher runs over a pool once.
+    pool, logits = load_candidates(teacher, data, candidates, seed, device, download, batch_size, source_params)
     predictions = logits.argmax(1)
     counts = class_histogram(predictions, len(spec.classes))
     info = {"candidates": len(pool), "relative_entropy": round(relative_entropy(counts), 4),
