@@ -105,6 +105,14 @@ def cmd_boundary(args):
                     device=args.device or "auto", overwrite=args.overwrite))
 
 
+def cmd_select(args):
+    from .select import select
+
+    _print(select(args.teacher, args.data, args.out, args.per_class, total=args.total, long_tail=args.long_tail,
+                  cap=args.cap, seed=args.seed, candidates=args.candidates, device=args.device or "auto",
+                  overwrite=args.overwrite, download=args.download))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surrogate-kd", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -185,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_boundary)
+
+    p = sub.add_parser("select", help="the paper's teacher-balanced set D_K (or a long-tail one) as a pool")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--data", required=True, help="shaders, leaves, noise, photos, a named dataset, .npz, pool or folder")
+    p.add_argument("--per-class", type=int, required=True, help="images per predicted class (N_i)")
+    p.add_argument("--total", type=int, help="images in all (default per-class x classes); kept when classes are missing")
+    p.add_argument("--long-tail", type=float, metavar="RATIO", help="quotas decay geometrically, largest/smallest = RATIO")
+    p.add_argument("--cap", type=int, default=50000, help="at most this many images (paper: 50K)")
+    p.add_argument("--candidates", type=int, default=50000, help="images drawn from a source, or sampled from a set (0: all)")
+    p.add_argument("--out", required=True, help="the pool to write: images, teacher labels and logits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--download", action="store_true")
+    p.set_defaults(func=cmd_select)
     return parser
 
 
