@@ -113,6 +113,16 @@ def cmd_select(args):
                   overwrite=args.overwrite, download=args.download))
 
 
+def cmd_score(args):
+    from .report import markdown_table
+    from .score import TABLE_COLUMNS, score
+
+    rows = score(args.teacher, args.data, args.out, candidates=args.candidates, seed=args.seed,
+                 device=args.device or "auto")
+    print(markdown_table(rows, TABLE_COLUMNS))
+    print(f"report: {args.out}/score.json, {args.out}/class_histograms.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surrogate-kd", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -208,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("score", help="rank candidate distillation sets for a teacher, without distilling")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--data", required=True, action="append", help="an image set or source; repeat for several")
+    p.add_argument("--candidates", type=int, default=10000, help="images scored per set (0: all of a stored set)")
+    p.add_argument("--out", default="runs/score", help="folder for score.json, score.md, class_histograms.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_score)
     return parser
 
 
