@@ -267,6 +267,8 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
 
     if per_class <= 0:
         raise UserError(f"per-class count must be positive, got {per_class}")
+    if long_tail is not None and not long_tail >= 1:
+        raise UserError(f"long-tail ratio (largest / smallest quota) must be >= 1, got {long_tail}")
     model = _load_teacher(teacher)
     num_classes = model.num_classes
     requested = total if total is not None else per_class * num_classes
