@@ -185,10 +185,13 @@ def test_online_balancing_keeps_quotas_and_is_a_function_of_step():
     teacher = planted_teacher()
     batches = OnlineBalancedBatches(teacher, "noise", batch_size=16, seed=0, device="cpu", epoch_size=64, chunk=64)
     epoch = [batches.batch(step) for step in range(batches.steps_per_epoch)]
+    drawn = teacher.net.calls
     images, labels = torch.cat([b[0] for b in epoch]), torch.cat([b[1] for b in epoch])
     assert class_histogram(labels, 4).tolist() == [16, 16, 16, 16]
     assert torch.equal(teacher(images.float() / 255).argmax(1), labels), "labels are the teacher's answers"
     assert images.unique(dim=0).shape[0] == 64, "quotas filled with fresh images, no replication needed"
+    # Drawing stops once every quota is full (4 classes, 16 each: a few chunks of 64), far below the budget.
+    assert 64 < drawn <= 64 * 8 < batches.max_draws
 
     resumed = OnlineBalancedBatches(teacher, "noise", batch_size=16, seed=0, device="cpu", epoch_size=64, chunk=64)
     assert torch.equal(resumed.batch(5)[0], batches.batch(5)[0]), "batch(step) depends on the step only"

@@ -41,3 +41,17 @@ def test_selection_is_fixed_by_seed():
 def test_selection_rejects_bad_counts():
     with pytest.raises(UserError):
         balanced_indices(torch.tensor([0, 1]), 2, per_class=0)
+
+
+def test_long_tail_quotas_decay_geometrically_from_the_most_predicted_class():
+    from surrogate_kd.select import long_tail_quotas
+
+    # Most predicted first: class 3 (40), class 0 (30), class 1 (3); class 2 never predicted.
+    quotas = long_tail_quotas(torch.tensor([30, 3, 0, 40]), total=70, ratio=4.0)
+    assert quotas.tolist() == [20, 10, 0, 40]  # 1 : 1/2 : 1/4 of 70
+    uneven = long_tail_quotas(torch.tensor([5, 5, 5, 5, 5]), total=101, ratio=10.0)
+    # 101 x (1, 10^-1/4, 10^-1/2, 10^-3/4, 1/10) / 2.156 = 46.8 26.3 14.8 8.3 4.7: rounded, sum kept.
+    assert uneven.tolist() == [47, 26, 15, 8, 5]
+    assert long_tail_quotas(torch.tensor([9, 9]), total=10, ratio=1.0).tolist() == [5, 5]
+    with pytest.raises(UserError):
+        long_tail_quotas(torch.tensor([9, 9]), total=10, ratio=0.5)
