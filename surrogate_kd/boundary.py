@@ -125,7 +125,6 @@ def _input_gradient(teacher: torch.nn.Module, x: Tensor, classes: Tensor, autoca
     return logits.detach(), gradient
 
 
-@torch.inference_mode(False)  # a caller in inference mode still gets normal, differentiable tensors here
 def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float, max_steps: int, epsilon: float,
                   step_size: float, autocast) -> dict[str, Tensor]:
     """Attack one batch of uint8 images (B, C, H, W) towards targets (B,), all on the device.
@@ -188,6 +187,7 @@ def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float,
             "labels": torch.stack([pre_class, targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
 
 
+@torch.inference_mode(False)  # a caller in inference mode still gets normal, differentiable tensors here
 def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "random", threshold: float = 0.9,
                    max_steps: int = 40, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
                    batch_size: int = 256, device: torch.device | None = None, precision: str = "auto",
@@ -246,8 +246,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
         "mean_steps": round(steps[crossed].float().mean().item(), 2) if succeeded else None,
         "within_threshold": round(len(kept) / succeeded, 4) if succeeded else None,
         "pairs": len(kept), "samples": len(result.labels),
-        "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4),
-        "class_histogram_after": after.tolist(), "relative_entropy_after": round(relative_entropy(after), 4),
+        "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4) + 0.0,  # no -0.0
+        "class_histogram_after": after.tolist(), "relative_entropy_after": round(relative_entropy(after), 4) + 0.0,
         "seconds": round(seconds, 2), "samples_per_second": round(len(result.labels) / max(seconds, 1e-9), 1),
     }
     return result
