@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .select import _load_teacher, class_histogram, load_candidates, relative_entropy
+from .select import load_teacher, class_histogram, load_candidates, relative_entropy
 
 THUMBNAIL = 8  # side of the thumbnails whose spread is the pixel-space diversity figure
 
@@ -100,7 +100,7 @@ def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidat
 
     if not datas:
         raise UserError("score needs at least one image set")
-    model = _load_teacher(teacher)
+    model = load_teacher(teacher)
     dev = resolve_device(device)
     rows = []
     for data in datas:

@@ -246,7 +246,7 @@ def load_candidates(teacher, data: str, candidates: int, seed: int, device: torc
 
 # --------------------------------------------------------------------------- select: D_K as a pool
 
-def _load_teacher(teacher):
+def load_teacher(teacher):
     from .checkpoint import load_model
 
     return teacher if isinstance(teacher, torch.nn.Module) else load_model(teacher)
@@ -269,7 +269,7 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
         raise UserError(f"per-class count must be positive, got {per_class}")
     if long_tail is not None and not long_tail >= 1:
         raise UserError(f"long-tail ratio (largest / smallest quota) must be >= 1, got {long_tail}")
-    model = _load_teacher(teacher)
+    model = load_teacher(teacher)
     num_classes = model.num_classes
     requested = total if total is not None else per_class * num_classes
     if requested <= 0:
