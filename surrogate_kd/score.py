@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .select import load_teacher, class_histogram, load_candidates, relative_entropy
+from .select import class_histogram, load_candidates, load_teacher, relative_entropy
 
 THUMBNAIL = 8  # side of the thumbnails whose spread is the pixel-space diversity figure
 
