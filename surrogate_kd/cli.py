@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, default=1.0, help="share of the images to attack")
     p.add_argument("--targets", choices=["random", "nearest", "least-predicted"], default="random")
     p.add_argument("--threshold", type=float, default=0.9, help="max top softmax of both images of a pair")
-    p.add_argument("--max-steps", type=int, default=40)
+    p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--epsilon", type=float, default=32 / 255, help="L-inf budget in [0, 1] pixel units")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
