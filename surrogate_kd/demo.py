@@ -60,8 +60,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto
     started = time.perf_counter()
     teacher = train_teacher("fashion-mnist", out / "teacher", recipe.teacher_arch, replace(recipe.teacher, device=device),
                             eval_data="fashion-mnist:test")
-    print(f"teacher {recipe.teacher_arch}: test accuracy {teacher['test_accuracy']:.4f} "
-          f"({'reused' if teacher.get('reused') else f'{teacher['seconds']:.0f} s'})", flush=True)
+    how = "reused" if teacher.get("reused") else f"{teacher['seconds']:.0f} s"
+    print(f"teacher {recipe.teacher_arch}: test accuracy {teacher['test_accuracy']:.4f} ({how})", flush=True)
     students = []
     for source in sources:
         cfg = recipe.student_original if source == "original" else recipe.student
@@ -101,9 +101,10 @@ def write_report(out: Path, recipe: DemoRecipe, teacher: dict, students: list[di
         **provenance(),
         "table": table,
     }
-    md = [f"# surrogate-kd demo report", "",
+    how = "reused from cache" if teacher.get("reused") else f"trained in {teacher['seconds']:.0f} s"
+    md = ["# surrogate-kd demo report", "",
           f"Teacher: {teacher['arch']} ({teacher['parameters']:,} parameters) on Fashion-MNIST, test accuracy "
-          f"{teacher['test_accuracy']:.4f} ({'reused from cache' if teacher.get('reused') else f'trained in {teacher['seconds']:.0f} s'}).",
+          f"{teacher['test_accuracy']:.4f} ({how}).",
           f"Students: {recipe.student_arch}, the same budget for every distillation set "
           f"({recipe.per_class * 10:,} teacher-balanced images from {recipe.candidates:,} candidates).", "",
           table, "", f"Total wall time: {seconds:.0f} s.", "",
