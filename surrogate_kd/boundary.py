@@ -189,7 +189,7 @@ def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float,
 
 @torch.inference_mode(False)  # a caller in inference mode still gets normal, differentiable tensors here
 def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "random", threshold: float = 0.9,
-                   max_steps: int = 40, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
+                   max_steps: int = 20, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
                    batch_size: int = 256, device: torch.device | None = None, precision: str = "auto",
                    class_counts: Tensor | None = None) -> BoundaryResult:
     """Boundary pairs and their deeper copies for images (N, C, H, W), uint8 or float in [0, 1].
@@ -246,6 +246,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
         "mean_steps": round(steps[crossed].float().mean().item(), 2) if succeeded else None,
         "within_threshold": round(len(kept) / succeeded, 4) if succeeded else None,
         "pairs": len(kept), "samples": len(result.labels),
+        # The cost: teacher forward + backward passes per attacked image (first gradient, steps, deeper pre).
+        "gradients_per_image": round((len(images) + int(steps.sum()) + len(kept)) / len(images), 2),
         "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4) + 0.0,  # no -0.0
         "class_histogram_after": after.tolist(), "relative_entropy_after": round(relative_entropy(after), 4) + 0.0,
         "seconds": round(seconds, 2), "samples_per_second": round(len(result.labels) / max(seconds, 1e-9), 1),
@@ -278,7 +280,7 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
 
 
 def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
-             threshold: float = 0.9, max_steps: int = 40, epsilon: float = 32 / 255, seed: int = 0,
+             threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
              device: str = "auto", overwrite: bool = False) -> dict:
     """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples; returns the summary."""
     from .checkpoint import load_model

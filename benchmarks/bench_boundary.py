@@ -1,0 +1,130 @@
+"""Boundary samples per second, and the whole-set pass measured in epochs of distillation.
+
+    python benchmarks/bench_boundary.py            # convnet_small 28x28x1 on cpu; + resnet50 32x32x3 on cuda if present
+    python benchmarks/bench_boundary.py --teacher runs/demo/teacher/model.safetensors --cpu-images 512
+
+Each setting attacks images of the noise source (the demo's worst set) with the default budget
+(`boundary_pairs`: 20 steps, epsilon 32/255, threshold 0.9, random targets) and times, on the
+same images and device, one KD step per batch (teacher forward, student forward + backward,
+SGD): `pass_in_distill_epochs` is the boundary pass over N images divided by one distillation
+epoch over N images (no augmentation: the real loop's epochs cost more). A fresh teacher is
+first calibrated on the images (see `_calibrate`); pass --teacher for a trained one. Prints one JSON object; wall-clock times move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from surrogate_kd.boundary import boundary_pairs
+from surrogate_kd.config import InputSpec
+from surrogate_kd.distill import autocast_context, kd_loss
+from surrogate_kd.models import build_model
+from surrogate_kd.sources import render
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _calibrate(teacher: torch.nn.Module, images: torch.Tensor, batch: int) -> None:
+    """Make a fresh teacher's argmax depend on its input, as a trained one's does.
+
+    BN running statistics come from the images, and the last layer's bias cancels the mean logit
+    of each class over them: a fresh net otherwise prefers one class whatever the input, so no
+    attack within the budget ever succeeds and the benchmark would time only failures.
+    """
+    calibration = images[:4 * batch].float().div(255)
+    teacher.train()
+    with torch.no_grad():
+        for chunk in calibration.split(batch):
+            teacher(chunk)
+        teacher.eval()
+        mean_logits = torch.cat([teacher(chunk) for chunk in calibration.split(batch)]).mean(0)
+        last = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias -= mean_logits
+
+
+def _distill_seconds(teacher, student, images: torch.Tensor, batch: int, device: torch.device) -> float:
+    """Seconds for one distillation epoch over `images`: a KD step per batch (after one warm-up step)."""
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    autocast = autocast_context(device, "auto")
+
+    def step(x):
+        x = x.float().div(255).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = kd_loss(student(x), teacher_logits, tau=4.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(images[:batch])
+    _sync(device)
+    started = time.perf_counter()
+    for start in range(0, len(images), batch):
+        step(images[start:start + batch])
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def run(arch: str, student_arch: str, size: int, channels: int, count: int, batch: int, device: torch.device,
+        teacher_path: str | None) -> dict:
+    if teacher_path:
+        from surrogate_kd.checkpoint import load_model
+
+        teacher = load_model(teacher_path)
+        arch, size, channels = teacher.arch, teacher.spec.size, teacher.spec.channels
+    spec = teacher.spec if teacher_path else InputSpec(size, channels, (0.5,) * channels, (0.25,) * channels,
+                                                       tuple(map(str, range(10))))
+    images = render("noise", 0, 0, count, size, channels, "cpu", mean=spec.mean, std=spec.std).to(device)
+    if not teacher_path:
+        torch.manual_seed(0)
+        teacher = build_model(arch, spec).to(device)
+        _calibrate(teacher, images, batch)
+    teacher.to(device, memory_format=torch.channels_last).eval()
+    student = build_model(student_arch, teacher.spec).to(device, memory_format=torch.channels_last).train()
+
+    boundary_pairs(teacher, images[:batch], max_steps=2, batch_size=batch, device=device)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    result = boundary_pairs(teacher, images, batch_size=batch, device=device)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    epoch = _distill_seconds(teacher, student, images, batch, device)
+    s = result.summary
+    return {"teacher": arch if not teacher_path else teacher_path, "student": student_arch,
+            "input": f"{size}x{size}x{channels}", "device": str(device), "images": count, "batch": batch,
+            "success_rate": s["success_rate"], "mean_steps": s["mean_steps"], "pairs": s["pairs"],
+            "seconds": round(seconds, 2), "samples_per_s": round(s["samples"] / seconds, 1),
+            "attacked_images_per_s": round(count / seconds, 1), "gradients_per_image": s["gradients_per_image"],
+            "image_gradients_per_s": round(s["gradients_per_image"] * count / seconds, 1),
+            "distill_epoch_seconds": round(epoch, 3), "pass_in_distill_epochs": round(seconds / epoch, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", help="a trained teacher checkpoint for the cpu setting (default: fresh convnet_small)")
+    parser.add_argument("--cpu-images", type=int, default=256)
+    parser.add_argument("--cuda-images", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {"threads": args.threads, "load_average": os.getloadavg()[0],
+               "cpu": run("convnet_small", "convnet_tiny", 28, 1, args.cpu_images, 256, torch.device("cpu"),
+                          args.teacher)}
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        results["cuda"] = run("resnet50", "resnet18", 32, 3, args.cuda_images, 512, torch.device("cuda"), None)
+        results["cuda"]["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
