@@ -1,6 +1,6 @@
 """Boundary samples per second, and the whole-set pass measured in epochs of distillation.
 
-    python benchmarks/bench_boundary.py            # convnet_small 28x28x1 on cpu; + resnet50 32x32x3 on cuda if present
+    python benchmarks/bench_boundary.py     # convnet_small 28x28x1 on cpu; + resnet50 32x32x3 on cuda if present
     python benchmarks/bench_boundary.py --teacher runs/demo/teacher/model.safetensors --cpu-images 512
 
 Each setting attacks images of the noise source (the demo's worst set) with the default budget
@@ -8,7 +8,9 @@ Each setting attacks images of the noise source (the demo's worst set) with the 
 same images and device, one KD step per batch (teacher forward, student forward + backward,
 SGD): `pass_in_distill_epochs` is the boundary pass over N images divided by one distillation
 epoch over N images (no augmentation: the real loop's epochs cost more). A fresh teacher is
-first calibrated on the images (see `_calibrate`); pass --teacher for a trained one. Prints one JSON object; wall-clock times move with the machine's load.
+first calibrated on the images (see `_calibrate`), which makes its attacks easier than a trained
+teacher's; pass --teacher for a trained one. Prints one JSON object; wall-clock times move with
+the machine's load (the JSON records the load average).
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def run(arch: str, student_arch: str, size: int, channels: int, count: int, batc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", help="a trained teacher checkpoint for the cpu setting (default: fresh convnet_small)")
+    parser.add_argument("--teacher", help="a trained teacher for the cpu setting (default: fresh convnet_small)")
     parser.add_argument("--cpu-images", type=int, default=256)
     parser.add_argument("--cuda-images", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))

@@ -21,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import ImageSet
-from .distill import autocast_context, predict
+from .checkpoint import load_model
+from .data import ImageSet, open_images
+from .distill import autocast_context, predict, resolve_device
 from .errors import UserError
+from .pool import _claim_output, write_pool
 from .select import class_histogram, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
-GROW, SHRINK = 1.1, 0.5  # Bold Driver factors (the authors' code)
+GROW, SHRINK = 1.1, 0.5  # Bold Driver factors, as in the authors' public code (issue 6)
 GREY_LEVEL = 1 / 255  # the smallest step a uint8 image can show
 ROLES = ("pre", "post", "pre_deeper", "post_deeper")
 
@@ -132,7 +134,8 @@ def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float,
     Each step computes only the images still moving (`rows`), so the cost follows the steps
     actually taken, not max_steps. Returns per image whether it crossed, whether its pair is
     within the threshold and the steps taken; and, for the kept pairs (`kept`, (K,)), the
-    samples (4, K, C, H, W) float on the uint8 grid and their classes (4, K).
+    samples (4, K, C, H, W) uint8 and their classes (4, K). The deeper copies take the step that
+    crossed once more: it is sized to how far this image's boundary was.
     """
     x0 = originals.float().div(255)  # (B, C, H, W)
     reach = int(epsilon * 255 + 1e-6)  # the epsilon ball in grey levels, rounded down
@@ -248,7 +251,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
         "pairs": len(kept), "samples": len(result.labels),
         # The cost: teacher forward + backward passes per attacked image (first gradient, steps, deeper pre).
         "gradients_per_image": round((len(images) + int(steps.sum()) + len(kept)) / len(images), 2),
-        "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4) + 0.0,  # no -0.0
+        # + 0.0: a one-class histogram reads 0.0, not -0.0
+        "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4) + 0.0,
         "class_histogram_after": after.tolist(), "relative_entropy_after": round(relative_entropy(after), 4) + 0.0,
         "seconds": round(seconds, 2), "samples_per_second": round(len(result.labels) / max(seconds, 1e-9), 1),
     }
@@ -283,11 +287,7 @@ def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
              device: str = "auto", overwrite: bool = False) -> dict:
     """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples; returns the summary."""
-    from .checkpoint import load_model
-    from .data import open_images
-    from .distill import resolve_device
-    from .pool import write_pool
-
+    _claim_output(Path(out), overwrite)  # refuse a taken output before the attack, not after it
     model = load_model(teacher)
     dev = resolve_device(device)
     model.to(dev)
@@ -297,7 +297,7 @@ def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 
                                              max_steps=max_steps, epsilon=epsilon, device=dev)
     params = {"teacher": str(teacher), "data": data, "fraction": fraction, "targets": targets,
               "threshold": threshold, "max_steps": max_steps, "epsilon": epsilon}
-    chunks = extended.images.split(4096)  # bounded memory per write
+    chunks = extended.images.split(4096)  # the writer copies one chunk at a time to numpy
     write_pool(out, chunks, {"source": "boundary", "params": params, "seed": seed, "classes": list(spec.classes)},
                labels=extended.labels, overwrite=overwrite)
     return {**summary, "out": str(out)}
