@@ -122,7 +122,6 @@ def main() -> None:
                "cpu": run("convnet_small", "convnet_tiny", 28, 1, args.cpu_images, 256, torch.device("cpu"),
                           args.teacher)}
     if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
         results["cuda"] = run("resnet50", "resnet18", 32, 3, args.cuda_images, 512, torch.device("cuda"), None)
         results["cuda"]["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(results, indent=2))
