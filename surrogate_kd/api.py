@@ -18,7 +18,7 @@ from .data import DATASET_STATS, ImageSet, open_images
 from .distill import ArrayBatches, SourceBatches, evaluate_logits, predict, resolve_device, train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .select import balanced_indices, class_histogram, load_candidates, relative_entropy
+from .select import OnlineBalancedBatches, balanced_indices, class_histogram, load_candidates, relative_entropy
 
 SYNTHETIC_SOURCES = ("shaders", "leaves", "noise", "photos")
 # Paper Sect. 4: tau 2 for general-purpose real data, 20 for fine-grained and synthetic data.
@@ -108,9 +108,13 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
 
 def build_distillation_set(teacher, data: str, candidates: int, per_class: int | None, seed: int,
                            device: torch.device, download: bool = False, batch_size: int = 1024,
-                           source_params: dict | None = None) -> tuple[ImageSet, dict]:
+                           source_params: dict | None = None, boundary: dict | None = None) -> tuple[ImageSet, dict]:
     """Surrogate images in the teacher's input spec, teacher-balanced when `per_class` is set.
 
+    With `boundary` (keyword arguments of `boundary.add_boundary_samples`, e.g. fraction and
+    targets), boundary samples are added to the candidates *before* selection, so that
+    least-predicted targets fill the classes the candidates lack with new images rather than
+    with copies (the paper's "force these properties").
     Returns the set and what the teacher made of the candidates (histogram, relative entropy).
     """
     spec = teacher.spec
@@ -120,22 +124,30 @@ def build_distillation_set(teacher, data: str, candidates: int, per_class: int |
     counts = class_histogram(predictions, len(spec.classes))
     info = {"candidates": len(pool), "relative_entropy": round(relative_entropy(counts), 4),
             "class_histogram": counts.tolist(), "mean_max_softmax": round(logits.softmax(1).max(1).values.mean().item(), 4)}
+    pool = ImageSet(pool.images, predictions, spec.classes, pool.name)
+    if boundary:
+        from .boundary import add_boundary_samples
+
+        pool, info["boundary"] = add_boundary_samples(teacher, pool, seed=seed, device=device, labels=predictions,
+                                                      **boundary)
+        info["relative_entropy_with_boundary"] = round(relative_entropy(class_histogram(pool.labels, len(spec.classes))), 4)
     if per_class:
-        index = balanced_indices(predictions, len(spec.classes), per_class, seed=seed)
-        selected = ImageSet(pool.images[index], predictions[index], spec.classes, pool.name)
+        index = balanced_indices(pool.labels, len(spec.classes), per_class, seed=seed)
         info["selected"] = len(index)
-        return selected, info
-    return ImageSet(pool.images, predictions, spec.classes, pool.name), info
+        return ImageSet(pool.images[index], pool.labels[index], spec.classes, pool.name), info
+    return pool, info
 
 
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny",
             cfg: TrainConfig | None = None, data_kind: str | None = None, candidates: int = 50000,
             per_class: int | None = 2000, stream: bool = False, eval_data: str | None = None,
-            download: bool = False, source_params: dict | None = None) -> dict:
+            download: bool = False, source_params: dict | None = None, boundary: dict | None = None) -> dict:
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
 
     Unless the config sets tau, it follows the paper: 2 for real data, 20 for synthetic sources.
-    `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
+    `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set,
+    teacher-balanced on the fly when `per_class` is set.
+    `boundary`: add decision-boundary samples to the candidates (see build_distillation_set).
     """
     out = Path(out)
     kind = data_kind or ("synthetic" if data in SYNTHETIC_SOURCES else "real")
@@ -144,7 +156,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     cfg = cfg or replace(TrainConfig(), tau=DEFAULT_TAU[kind])
     config = _as_json({"teacher": str(teacher), "data": data, "student": student, "train": asdict(cfg),
                        "candidates": candidates, "per_class": per_class, "stream": stream, "eval_data": eval_data,
-                       "source_params": source_params})
+                       "source_params": source_params, "boundary": boundary})
     if (done := _completed(out, config)) is not None:
         return {**done, "reused": True}
     device = resolve_device(cfg.device)
@@ -158,12 +170,18 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     if stream:
         if data not in SYNTHETIC_SOURCES:
             raise UserError(f"--stream needs a synthetic source ({', '.join(SYNTHETIC_SOURCES)}), got '{data}'")
-        batches = SourceBatches(data, spec.size, spec.channels, cfg.batch_size, cfg.seed, device,
-                                epoch_size=candidates, **(source_params or {}))
+        if boundary:
+            raise UserError("boundary samples need a fixed set; drop --stream or the boundary option")
+        if per_class:  # the same per-class quota as D_K, applied on the fly to fresh images
+            batches = OnlineBalancedBatches(teacher_model, data, cfg.batch_size, cfg.seed, device,
+                                            epoch_size=per_class * len(spec.classes), **(source_params or {}))
+        else:
+            batches = SourceBatches(data, spec.size, spec.channels, cfg.batch_size, cfg.seed, device,
+                                    epoch_size=candidates, **(source_params or {}))
         set_info = {}
     else:
         images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
-                                                  download, source_params=source_params)
+                                                  download, source_params=source_params, boundary=boundary)
         batches = ArrayBatches(images, cfg.batch_size, cfg.seed, device)
     out.mkdir(parents=True, exist_ok=True)
     save_grid(batches.batch(0)[0][:64], out / "samples.png")  # what the student is shown (before augmentation)

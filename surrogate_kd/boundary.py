@@ -262,7 +262,7 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
 # --------------------------------------------------------------------------- whole sets
 
 def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction: float = 1.0, seed: int = 0,
-                         **attack) -> tuple[ImageSet, dict]:
+                         labels: torch.Tensor | None = None, **attack) -> tuple[ImageSet, dict]:
     """The set plus boundary samples from a random `fraction` of it, all labelled with the teacher's argmax.
 
     `attack`: keyword arguments of `boundary_pairs` (targets, threshold, max_steps, epsilon, ...).
@@ -271,7 +271,8 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     if not 0 < fraction <= 1:
         raise UserError(f"fraction must be in (0, 1], got {fraction}")
     device = attack.get("device")
-    labels = predict(teacher, image_set.images, device=device, precision=attack.get("precision", "auto")).argmax(1)
+    if labels is None:  # the teacher's argmax over the set, unless the caller has it already
+        labels = predict(teacher, image_set.images, device=device, precision=attack.get("precision", "auto")).argmax(1)
     counts = class_histogram(labels, len(teacher.spec.classes))
     count = max(1, round(fraction * len(image_set)))
     chosen = torch.randperm(len(image_set), generator=torch.Generator().manual_seed(seed))[:count].sort().values

@@ -59,9 +59,12 @@ def cmd_distill(args):
     kind = args.data_kind or ("synthetic" if args.data in SYNTHETIC_SOURCES else "real")
     base = TrainConfig(tau=DEFAULT_TAU.get(kind, 4.0), regime="high" if kind == "synthetic" else "standard")
     cfg = _train_config(args, base)
+    boundary = None
+    if args.boundary_fraction:
+        boundary = {"fraction": args.boundary_fraction, "targets": args.boundary_targets}
     _print(distill(args.teacher, args.data, args.out, args.student, cfg, data_kind=kind, candidates=args.candidates,
                    per_class=None if args.per_class == 0 else args.per_class, stream=args.stream,
-                   eval_data=args.eval_data, download=args.download))
+                   eval_data=args.eval_data, download=args.download, boundary=boundary))
 
 
 def cmd_evaluate(args):
@@ -147,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", choices=["soft", "onehot", "smoothed"])
     p.add_argument("--candidates", type=int, default=50000, help="images drawn before teacher-balanced selection")
     p.add_argument("--per-class", type=int, default=2000, help="images kept per predicted class (0: keep all)")
-    p.add_argument("--stream", action="store_true", help="fresh synthetic images every step, no fixed set")
+    p.add_argument("--stream", action="store_true",
+                   help="fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0")
+    p.add_argument("--boundary-fraction", type=float, default=0.0,
+                   help="attack this fraction of the candidates for decision-boundary samples (paper Sect. 4.1)")
+    p.add_argument("--boundary-targets", default="least-predicted", choices=["random", "nearest", "least-predicted"])
     p.add_argument("--eval-data", help="labelled set to report accuracy on, e.g. fashion-mnist:test")
     p.add_argument("--download", action="store_true")
     _add_training_flags(p)

@@ -30,6 +30,9 @@ class TrainConfig:
     """
 
     epochs: float = 10
+    # Total images to train on; when set it replaces `epochs`, so runs over sets of different
+    # sizes get the same budget (the demo compares sources this way).
+    budget_images: int | None = None
     batch_size: int = 256
     lr: float = 0.1
     momentum: float = 0.9

@@ -186,7 +186,10 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     step_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    total_steps = max(1, round(cfg.epochs * batches.steps_per_epoch))
+    if cfg.budget_images is not None:
+        total_steps = max(1, cfg.budget_images // cfg.batch_size)
+    else:
+        total_steps = max(1, round(cfg.epochs * batches.steps_per_epoch))
     autocast = autocast_context(device, cfg.precision)
     config_record = json.loads(json.dumps(asdict(cfg), default=str))
 

@@ -32,6 +32,16 @@ def test_train_distill_evaluate(tmp_path, tiny_dataset, teacher, capsys):
         assert result["selected"] == 64 and 0 <= result["relative_entropy"] <= 1
         assert (out / "model.safetensors").exists() and (out / "samples.png").exists()
 
+    # Boundary samples added to the candidates before selection, and on-the-fly balanced streaming.
+    for extra, name in ((["--boundary-fraction", "0.25"], "boundary"), (["--stream"], "stream")):
+        out = tmp_path / f"student-{name}"
+        assert main(["distill", "--teacher", str(teacher), "--data", "noise", "--student", "convnet_tiny", "--out", str(out),
+                     "--candidates", "256", "--per-class", "16", *extra, *TINY]) == 0
+        result = json.loads((out / "result.json").read_text())
+        assert result["steps"] == 2  # 64 images per epoch / batch 32
+        if name == "boundary":
+            assert result["boundary"]["images_before"] == 256 and result["boundary"]["images_after"] > 256
+
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out / "model.safetensors"), "--data", str(tiny_dataset),
                  "--teacher", str(teacher)]) == 0
