@@ -54,7 +54,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where fast) | bf16 | fp32
     channels_last: bool = True
     compile: bool = False
-    eval_every: float = 1.0  # epochs between evaluations on the held-out set, if one is given
+    eval_every: float = 1.0  # epochs between evaluations on the held-out set, if one is given (0: at the end)
     log_every: int = 50  # steps between metric lines
     checkpoint_every: float = 1.0  # epochs between resumable-state saves
 

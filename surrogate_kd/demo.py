@@ -32,7 +32,7 @@ class DemoRecipe:
     """
 
     teacher_arch: str = "convnet_small"
-    teacher: TrainConfig = TrainConfig(epochs=7, regime="standard", mixup=False, nesterov=True,
+    teacher: TrainConfig = TrainConfig(epochs=7, regime="standard", mixup=False, nesterov=True, eval_every=0,
                                        regime_overrides=(("randaugment_n", 0),))
     student_arch: str = "convnet_tiny"
     # The same budget for every set: `budget_images` training images, drawn from `per_class` x 10
@@ -40,10 +40,10 @@ class DemoRecipe:
     candidates: int = 40000
     per_class: int = 2000
     student: TrainConfig = TrainConfig(budget_images=200_000, tau=4.0, regime="high", mixup=False, nesterov=True,
-                                       regime_overrides=(("elastic_p", 0.0),))
+                                       eval_every=0, regime_overrides=(("elastic_p", 0.0),))
     # Real in-domain images get the paper's real-data regime, 'standard' (RandAugment n=2).
     student_original: TrainConfig = TrainConfig(budget_images=200_000, tau=4.0, regime="standard", mixup=False,
-                                                nesterov=True)
+                                                nesterov=True, eval_every=0)
 
 
 QUICK = DemoRecipe(teacher=replace(DemoRecipe.teacher, epochs=0.2), candidates=3000, per_class=100,

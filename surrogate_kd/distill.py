@@ -217,7 +217,8 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
             save_state(state_path, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "config": config_record})
 
-    eval_steps = max(1, round(cfg.eval_every * batches.steps_per_epoch))
+    # eval_every 0: evaluate once, at the end (each pass over a held-out set costs seconds on a CPU).
+    eval_steps = max(1, round(cfg.eval_every * batches.steps_per_epoch)) if cfg.eval_every > 0 else total_steps
     save_steps = max(1, round(cfg.checkpoint_every * batches.steps_per_epoch))
     mean_loss = float("nan")
     eval_accuracy = None
