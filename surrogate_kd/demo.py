@@ -56,7 +56,7 @@ def describe(cfg: TrainConfig) -> str:
     """A short human description of a recipe for the report's 'recipe' column."""
     overrides = ",".join(f"{k}={v}" for k, v in cfg.regime_overrides)
     budget = f"{cfg.budget_images:,} images" if cfg.budget_images else f"{cfg.epochs:g} epochs"
-    return (f"{budget}, tau {cfg.tau:g}, {cfg.regime}{'(' + overrides + ')' if overrides else ''}, "
+    return (f"{budget}, batch {cfg.batch_size}, lr {cfg.lr:g}, tau {cfg.tau:g}, {cfg.regime}{'(' + overrides + ')' if overrides else ''}, "
             f"mixup {'on' if cfg.mixup else 'off'}")
 
 
