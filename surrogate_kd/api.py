@@ -18,12 +18,18 @@ from .data import DATASET_STATS, ImageSet, open_images
 from .distill import ArrayBatches, SourceBatches, evaluate_logits, predict, resolve_device, train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .select import OnlineBalancedBatches, balanced_indices, class_histogram, load_candidates, relative_entropy
+from .select import (OnlineBalancedBatches, balanced_indices, class_histogram, is_source, load_candidates,
+                     relative_entropy)
 
-SYNTHETIC_SOURCES = ("shaders", "leaves", "noise", "photos")
 # Paper Sect. 4: tau 2 for general-purpose real data, 20 for fine-grained and synthetic data.
 DEFAULT_TAU = {"real": 2.0, "synthetic": 20.0}
 MODEL_FILE = "model.safetensors"
+
+
+def default_data_kind(data: str) -> str:
+    """'synthetic' for generated sources; 'real' for image sets and for `photos` (real photographs,
+    out of domain), which is what picks the paper's default tau and regime."""
+    return "synthetic" if is_source(data) and data != "photos" else "real"
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
@@ -150,7 +156,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     `boundary`: add decision-boundary samples to the candidates (see build_distillation_set).
     """
     out = Path(out)
-    kind = data_kind or ("synthetic" if data in SYNTHETIC_SOURCES else "real")
+    kind = data_kind or default_data_kind(data)
     if kind not in DEFAULT_TAU:
         raise UserError(f"unknown data kind '{kind}'; valid: real, synthetic")
     cfg = cfg or replace(TrainConfig(), tau=DEFAULT_TAU[kind])
@@ -168,8 +174,10 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         _check_labels(eval_set, spec)
     started = time.perf_counter()
     if stream:
-        if data not in SYNTHETIC_SOURCES:
-            raise UserError(f"--stream needs a synthetic source ({', '.join(SYNTHETIC_SOURCES)}), got '{data}'")
+        if not is_source(data):
+            from .sources import SOURCES
+
+            raise UserError(f"--stream needs an image source ({', '.join(SOURCES.names())}), got '{data}'")
         if boundary:
             raise UserError("boundary samples need a fixed set; drop --stream or the boundary option")
         if per_class:  # the same per-class quota as D_K, applied on the fly to fresh images

@@ -54,9 +54,9 @@ def cmd_train_teacher(args):
 
 
 def cmd_distill(args):
-    from .api import DEFAULT_TAU, SYNTHETIC_SOURCES, distill
+    from .api import DEFAULT_TAU, default_data_kind, distill
 
-    kind = args.data_kind or ("synthetic" if args.data in SYNTHETIC_SOURCES else "real")
+    kind = args.data_kind or default_data_kind(args.data)
     base = TrainConfig(tau=DEFAULT_TAU.get(kind, 4.0), regime="high" if kind == "synthetic" else "standard")
     cfg = _train_config(args, base)
     boundary = None
