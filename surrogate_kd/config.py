@@ -56,6 +56,7 @@ class TrainConfig:
     compile: bool = False
     eval_every: float = 1.0  # epochs between evaluations on the held-out set, if one is given (0: at the end)
     log_every: int = 50  # steps between metric lines
+    tensorboard: bool = False  # also write TensorBoard events to the run directory (needs tensorboard)
     checkpoint_every: float = 1.0  # epochs between resumable-state saves
 
 

@@ -206,11 +206,22 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
             optimizer.load_state_dict(state["optimizer"])
             start_step = int(state["step"])
         metrics_file = open(run_dir / "metrics.jsonl", "a")
+    board = None
+    if cfg.tensorboard and run_dir is not None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        board = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(record: dict):
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+        if board is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch"):
+                    board.add_scalar(f"{desc}/{key}", value, record["step"])
 
     def save(step: int):
         if state_path is not None:
@@ -286,5 +297,7 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     seconds = time.perf_counter() - started
     if metrics_file is not None:
         metrics_file.close()
+    if board is not None:
+        board.close()
     trained = total_steps - start_step
     return TrainResult(total_steps, seconds, trained * cfg.batch_size / max(seconds, 1e-9), mean_loss, eval_accuracy)

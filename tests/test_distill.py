@@ -135,3 +135,16 @@ def test_fewer_images_than_a_batch_is_a_clear_error(tiny_spec):
     tiny = ImageSet(torch.zeros(10, 1, 16, 16, dtype=torch.uint8), None, None, "ten")
     with pytest.raises(UserError, match="fewer than one batch"):
         ArrayBatches(tiny, 64, 0, torch.device("cpu"))
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tiny_dataset, tiny_spec, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    from dataclasses import replace
+    data = open_images(str(tiny_dataset))
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        train(tiny_model(tiny_spec), ArrayBatches(data, 64, 0, torch.device("cpu")), replace(FAST, tensorboard=True),
+              run_dir=tmp_path / "run")
