@@ -19,7 +19,7 @@ from .distill import ArrayBatches, SourceBatches, evaluate_logits, predict, reso
 from .errors import UserError
 from .models import build_model, count_parameters
 from .select import (OnlineBalancedBatches, balanced_indices, class_histogram, is_source, load_candidates,
-                     relative_entropy)
+                     relative_entropy, teacher_fingerprint)
 
 # Paper Sect. 4: tau 2 for general-purpose real data, 20 for fine-grained and synthetic data.
 DEFAULT_TAU = {"real": 2.0, "synthetic": 20.0}
@@ -160,13 +160,15 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     if kind not in DEFAULT_TAU:
         raise UserError(f"unknown data kind '{kind}'; valid: real, synthetic")
     cfg = cfg or replace(TrainConfig(), tau=DEFAULT_TAU[kind])
-    config = _as_json({"teacher": str(teacher), "data": data, "student": student, "train": asdict(cfg),
-                       "candidates": candidates, "per_class": per_class, "stream": stream, "eval_data": eval_data,
+    teacher_model = load_model(teacher) if not isinstance(teacher, torch.nn.Module) else teacher
+    # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
+    # not let an old student pass for finished.
+    config = _as_json({"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),
+                       "data": data, "student": student, "train": asdict(cfg), "candidates": candidates, "per_class": per_class, "stream": stream, "eval_data": eval_data,
                        "source_params": source_params, "boundary": boundary})
     if (done := _completed(out, config)) is not None:
         return {**done, "reused": True}
     device = resolve_device(cfg.device)
-    teacher_model = load_model(teacher) if not isinstance(teacher, torch.nn.Module) else teacher
     spec = teacher_model.spec
     teacher_model.to(device)
     eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None

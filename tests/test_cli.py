@@ -98,3 +98,24 @@ def test_unknown_names_list_valid_ones(tmp_path, tiny_dataset, capsys):
     assert "fashion-mnist" in error_line(capsys)
     assert main(["train-teacher", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--set", "nope=1"]) == 2
     assert "unknown setting 'nope'" in error_line(capsys)
+
+
+def test_student_of_a_retrained_teacher_is_not_reused(tmp_path, tiny_dataset, teacher, capsys):
+    import shutil
+
+    from surrogate_kd.checkpoint import load_model, save_model
+
+    own = tmp_path / "teacher" / "model.safetensors"
+    shutil.copytree(teacher.parent, own.parent)
+    args = ["distill", "--teacher", str(own), "--data", "noise", "--student", "convnet_tiny", "--out",
+            str(tmp_path / "s"), "--candidates", "256", "--per-class", "16", *TINY]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["reused"] is True
+    retrained = load_model(own)
+    with __import__("torch").no_grad():
+        retrained.net.fc.weight.add_(1.0)
+    save_model(retrained, own)  # same path, other weights
+    assert main(args) == 0
+    assert "reused" not in json.loads(capsys.readouterr().out)
