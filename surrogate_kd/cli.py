@@ -127,7 +127,9 @@ def cmd_score(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surrogate-kd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="surrogate-kd",
+        description="Distill an image classifier into a smaller student without the data it was trained on.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
