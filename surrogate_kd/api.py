@@ -105,7 +105,7 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     run = train(model, ArrayBatches(train_set, cfg.batch_size, cfg.seed, device), cfg,
-                eval_set=eval_set, run_dir=out, desc=f"teacher {arch}")
+                eval_set=eval_set, run_dir=out, desc=f"teacher {arch}", run_identity=config)
     result = {"arch": arch, "dataset": data, "parameters": count_parameters(model), "steps": run.steps,
               "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
               "test_accuracy": run.eval_accuracy, "config": config, **provenance()}
@@ -197,7 +197,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     save_grid(batches.batch(0)[0][:64], out / "samples.png")  # what the student is shown (before augmentation)
     model = build_model(student, spec)
     torch.manual_seed(cfg.seed)
-    run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}")
+    run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}",
+                run_identity=config)
     result = {"source": data, "student": student, "parameters": count_parameters(model), **set_info,
               "steps": run.steps, "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
               "test_accuracy": run.eval_accuracy, "config": config, **provenance()}

@@ -165,11 +165,13 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
 
 
 def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher: torch.nn.Module | None = None,
-          eval_set: ImageSet | None = None, run_dir: Path | None = None, desc: str = "train") -> TrainResult:
+          eval_set: ImageSet | None = None, run_dir: Path | None = None, desc: str = "train",
+          run_identity: dict | None = None) -> TrainResult:
     """Train `model` in place: cross-entropy on labels when `teacher` is None, else KD from it.
 
     With `run_dir`, metrics go to metrics.jsonl and resumable state to state.pt; an interrupted
-    run called again with the same config continues from its last saved step.
+    run called again with the same config (and the same `run_identity`: what else defines the run,
+    such as the teacher's fingerprint and the data) continues from its last saved step.
     """
     device = resolve_device(cfg.device)
     regime = get_regime(cfg.regime, **dict(cfg.regime_overrides))
@@ -191,7 +193,7 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     else:
         total_steps = max(1, round(cfg.epochs * batches.steps_per_epoch))
     autocast = autocast_context(device, cfg.precision)
-    config_record = json.loads(json.dumps(asdict(cfg), default=str))
+    config_record = json.loads(json.dumps({"train": asdict(cfg), "run": run_identity}, default=str))
 
     start_step = 0
     state_path = metrics_file = None

@@ -129,6 +129,12 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_dataset, tiny_spec, t
     from dataclasses import replace
     with pytest.raises(UserError, match="different config"):
         train(tiny_model(tiny_spec), batches, replace(cfg, lr=0.3), run_dir=tmp_path / "other")
+    # ...and so is resuming a run that was defined by another teacher (same training config).
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(tiny_spec), InterruptAt(batches, 13), cfg, run_dir=tmp_path / "third",
+              run_identity={"teacher_fingerprint": "aaaa"})
+    with pytest.raises(UserError, match="different config"):
+        train(tiny_model(tiny_spec), batches, cfg, run_dir=tmp_path / "third", run_identity={"teacher_fingerprint": "bbbb"})
 
 
 def test_fewer_images_than_a_batch_is_a_clear_error(tiny_spec):
