@@ -104,13 +104,15 @@ def test_noise_follows_per_channel_statistics():
     assert torch.allclose(images.std((0, 2, 3)), torch.tensor([0.05, 0.1, 0.05]), atol=0.01)
 
 
-def _reference_leaves(seed: int, count: int, size: int, shapes: int) -> torch.Tensor:
-    """Brute force: every pixel centre tested against every shape, the last cover wins."""
-    draws = Draws(seed, torch.arange(count))
-    cx, cy, radius_u, kind_u, angle_u, aspect_u = draws.uniform(shapes, 6).unbind(-1)  # (N, S)
-    colours = draws.uniform(shapes + 1, 3)
+def _reference_round(params: torch.Tensor, size: int, radii=(0.03, 1.0, 3.0)) -> torch.Tensor:
+    """Brute force for one round: every pixel centre tested against every shape, the last cover wins.
+
+    params: (N, S, 6) uniforms (centre x, centre y, radius, kind, angle, aspect) -> (N, H, W)
+    topmost shape of the round per pixel, -1 where none covers it.
+    """
+    cx, cy, radius_u, kind_u, angle_u, aspect_u = params.unbind(-1)  # (N, S)
     kind = (kind_u * 5).long().clamp(max=4)
-    radius = leaves_module.power_law_radius(radius_u, 0.03, 1.0, 3.0)
+    radius = leaves_module.power_law_radius(radius_u, *radii)
     angle = torch.where(kind <= 1, 0.0, angle_u * 2 * math.pi)  # circles and squares upright
     aspect = torch.where(kind == 3, 0.25 + 0.75 * aspect_u, 1.0)
     centres = (torch.arange(size) + 0.5) / size
@@ -125,21 +127,83 @@ def _reference_leaves(seed: int, count: int, size: int, shapes: int) -> torch.Te
     triangle = (v <= r / 2) & (-s60 * u - 0.5 * v <= r / 2) & (s60 * u - 0.5 * v <= r / 2)
     k = kind[..., None, None]
     inside = torch.where(k == 0, circle, torch.where(k == 4, triangle, box))
-    order = torch.arange(shapes).view(1, -1, 1, 1)
-    top = torch.where(inside, order, -1).amax(1)  # (N, H, W)
-    top = torch.where(top < 0, shapes, top)
-    picked = torch.gather(colours, 1, top.flatten(1).unsqueeze(-1).expand(-1, -1, 3))
-    return (picked.permute(0, 2, 1).reshape(count, 3, size, size) * 255).round().to(torch.uint8)
+    order = torch.arange(params.shape[1]).view(1, -1, 1, 1)
+    return torch.where(inside, order, -1).amax(1)  # (N, H, W)
+
+
+def _reference_draws(seed: int, count: int, shapes: int, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, S, 6) shape uniforms and (N, S(+1), 3) colours of a round, as leaves.py lays out its draws."""
+    draws = Draws(seed, torch.arange(count), salt=round_)
+    if round_ == 0:  # all at once; colour S is the background
+        return draws.uniform(shapes, 6), draws.uniform(shapes + 1, 3)
+    place = draws.uniform(shapes, 3)  # centre and size from (seed, i, round), the rest per shape
+    order = torch.arange(shapes).repeat(count)
+    per_shape = Draws(seed, torch.arange(count).repeat_interleave(shapes), salt=-(round_ * 2**32 + order) - 1)
+    rest = per_shape.uniform(6).view(count, shapes, 6)  # kind, angle, aspect, colour
+    return torch.cat([place, rest[..., :3]], -1), rest[..., 3:]
+
+
+def _reference_leaves(seed: int, count: int, size: int, shapes: int, max_rounds: int, radii=(0.03, 1.0, 3.0)):
+    """Brute force for every round of every image: round r shows only where rounds < r left a gap."""
+    uncovered = torch.ones(count, size, size, dtype=torch.bool)
+    for round_ in range(max_rounds):
+        params, colours = _reference_draws(seed, count, shapes, round_)
+        top = _reference_round(params, size, radii)
+        if round_ == 0:
+            colour = colours[:, shapes].view(count, 1, 1, 3).expand(-1, size, size, -1).clone()
+        picked = torch.gather(colours, 1, top.clamp(min=0).flatten(1).unsqueeze(-1).expand(-1, -1, 3))
+        fill = uncovered & (top >= 0)
+        colour[fill] = picked.view(count, size, size, 3)[fill]
+        uncovered &= top < 0
+    return (colour.permute(0, 3, 1, 2) * 255).round().to(torch.uint8)
 
 
 def test_leaves_match_brute_force_rasterisation():
-    fast = render("leaves", 4, 0, 8, 24, shapes=150)
-    slow = _reference_leaves(4, 8, 24, 150)
-    assert (fast != slow).any(1).sum() <= 2  # of 4608: only centres exactly on an edge may round either way
+    cases = [
+        (150, 1, 24, (0.03, 1.0, 3.0)),  # one round, with gaps
+        (20, 32, 24, (0.03, 1.0, 3.0)),  # many rounds beneath each other, several to a pass
+        (4, 32, 40, (0.15, 0.4, 2.0)),  # large shapes: later rounds' culling must keep every one that shows
+    ]
+    for shapes, max_rounds, size, radii in cases:
+        params = dict(zip(["min_radius", "max_radius", "exponent"], radii))
+        fast = render("leaves", 4, 0, 8, size, shapes=shapes, max_rounds=max_rounds, **params)
+        slow = _reference_leaves(4, 8, size, shapes, max_rounds, radii)
+        assert (fast != slow).any(1).sum() <= 2  # of 8 * size^2: only centres exactly on an edge may differ
+
+
+def _shows_background(images: torch.Tensor, seed: int, shapes: int) -> torch.Tensor:
+    """(N, H, W) bool: pixels with the background colour (round 0's colour S) of images 0..N-1."""
+    draws = Draws(seed, torch.arange(images.shape[0]))
+    draws.uniform(shapes, 6)  # the shapes of round 0, then its colours
+    background = (draws.uniform(shapes + 1, 3)[:, shapes] * 255).round().to(torch.uint8)
+    return (images == background.view(-1, 3, 1, 1)).all(1)
+
+
+def test_leaves_stack_rounds_until_covered():
+    images = render("leaves", 0, 0, 64, 32)  # the defaults: 200 shapes per round, up to 32 rounds
+    assert not _shows_background(images, 0, 200).any()  # no pixel left to the background
+    one_round = render("leaves", 0, 0, 64, 32, max_rounds=1)
+    assert _shows_background(one_round, 0, 200).flatten(1).any(1).float().mean() > 0.5  # round 0 leaves gaps
+    top_layer = ~_shows_background(one_round, 0, 200).any(0)  # pixels round 0 covers in every image
+    assert torch.equal(one_round[:, :, top_layer], images[:, :, top_layer])  # later rounds lie beneath
+    few = render("leaves", 0, 0, 64, 32, shapes=5, max_rounds=1)
+    shows = _shows_background(few, 0, 5)
+    assert shows.float().mean() > 0.5  # a few shapes and no second round: mostly background
+    _, uncovered = leaves_module._layers(0, torch.arange(64), 32, 3, 5, (0.03, 1.0, 3.0), 1)
+    assert torch.equal(uncovered, shows)  # the internal mask is the background the images show
+    _, uncovered = leaves_module._layers(0, torch.arange(64), 32, 3, 5, (0.03, 1.0, 3.0), 32)
+    assert uncovered.float().mean() < shows.float().mean() / 4  # 31 rounds beneath fill most gaps
+
+
+def test_leaves_rounds_are_byte_identical_whatever_the_batch():
+    full = render("leaves", 7, 0, 40, 16, shapes=30)  # images finish after 3 to 32 rounds
+    for start, stop in [(5, 8), (1, 40), (17, 18), (39, 40)]:
+        part = render("leaves", 7, start, stop - start, 16, shapes=30)
+        assert torch.equal(part, full[start:stop]), (start, stop)
 
 
 def test_leaves_cover_the_canvas_with_many_colours():
-    one_shape = render("leaves", 0, 0, 32, 16, shapes=1)
+    one_shape = render("leaves", 0, 0, 32, 16, shapes=1, max_rounds=1)
     colours = [torch.unique(image.flatten(1), dim=1).shape[1] for image in one_shape]
     assert max(colours) == 2 and min(colours) >= 1  # one shape on the background
     images = render("leaves", 0, 0, 8, 32)
@@ -174,6 +238,7 @@ def test_draws_are_uniform_and_normal():
         (lambda: render("noise", 0, 0, 1, 8, colour=1), "no parameter colour; valid: mean, std"),
         (lambda: render("noise", 0, 0, 1, 8, mean=[0.1, 0.2]), "1 or 3 values"),
         (lambda: render("leaves", 0, 0, 1, 8, shapes=0), "shapes >= 1"),
+        (lambda: render("leaves", 0, 0, 1, 8, max_rounds=0), "max_rounds >= 1"),
         (lambda: render("shaders", 0, 0, 1, 8, layers=0), "layers >= 1"),
         (lambda: stream("noise", 0, 0, 8, 3), "batch size"),
     ],

@@ -3,16 +3,31 @@
 Shapes are circles, squares, rotated squares, rotated rectangles and rotated equilateral
 triangles with uniformly random colours and a size ("radius": circumradius of triangles,
 half-side of squares and rectangles) drawn from a power law p(r) ~ r^-exponent between
-min_radius and max_radius times the image size. A fixed, generous number of shapes is
-painted back to front over a random background colour, in effect a bottom leaf as large as
-the canvas; it shows through at about 0.5% of the pixels with the defaults.
+min_radius and max_radius times the image size.
+
+Coverage uses the exact ("perfect simulation") view of the dead-leaves model: leaves fall in
+rounds of `shapes` per image. Round 0 is the top layer, its shapes painted back to front;
+each later round lies beneath all earlier ones and shows only where they left a pixel
+uncovered. Rounds continue, for the images that still have an uncovered pixel only, until
+every pixel is covered or `max_rounds` rounds have fallen; only then does a random background
+colour show. A covered image is thus an exact sample of the dead-leaves model, whatever the
+number of shapes per round: `shapes` sets the speed, not the look (with the defaults, 200 shapes
+per round and up to 32 rounds, no background is left; round 0 alone leaves about 5% of the
+pixels open).
 
 Rasterising every shape over the whole canvas would cost shapes x pixels per image. Instead
 each shape is cut into one horizontal span per pixel row it crosses, the span's ends solved
-in closed form (a circle, or the intersection of a convex polygon's edge half-planes). Each
-span writes its shape index into the two power-of-two blocks that exactly cover it, and a max
-pushed down the block levels (as in a sparse table) leaves every pixel its topmost shape. The
-work grows with the number of shape rows, not with shapes x pixels.
+in closed form (a circle, or the intersection of a convex polygon's edge half-planes). In
+round 0 each span writes its shape index into the two power-of-two blocks that exactly cover
+it, and a max pushed down the block levels (as in a sparse table) leaves every pixel its
+topmost shape. The work grows with the number of shape rows, not with shapes x pixels. Later
+rounds skip the shapes whose bounding box holds no uncovered pixel and the rows without one,
+and match each remaining span with the uncovered pixels it covers, so they cost in proportion
+to the gaps left, not to the image.
+
+Image i is a pure function of (seed, i, parameters): round 0 draws from the hash of (seed, i),
+round r from the hash of (seed, i, r) (and per kept shape k, of (seed, i, -(r * 2^32 + k) - 1)),
+and whether an image needs another round depends on its own pixels only.
 """
 
 import math
@@ -82,18 +97,28 @@ def _vertical_reach(kind: Tensor, radius: Tensor, aspect: Tensor, cos: Tensor, s
     return up, down
 
 
-def _row_spans(centre_x, centre_y, radius, kind, lines, up, down, size: int) -> tuple[Tensor, ...]:
-    """Cut shapes (M,) into one span per pixel row: (shape, row, first column, last column), each (R,).
+def _shape_rows(centre_y: Tensor, up: Tensor, down: Tensor, size: int) -> tuple[Tensor, ...]:
+    """The pixel rows each shape (M,) crosses: top and bottom row per shape, each (M,).
 
-    Pixel p's centre is at (p + 0.5) / size; a span may be empty (last < first).
+    Pixel p's centre is at (p + 0.5) / size; top > bottom for a shape that crosses no row.
     """
-    device = kind.device
     top = torch.ceil((centre_y + up) * size - 0.5).clamp_(0, size).to(torch.int64)
     bottom = torch.floor((centre_y + down) * size - 0.5).clamp_(-1, size - 1).to(torch.int64)
-    rows_per_shape = (bottom - top + 1).clamp_(min=0)
-    shape = torch.repeat_interleave(torch.arange(kind.numel(), device=device), rows_per_shape)  # (R,)
-    first_row = torch.cumsum(rows_per_shape, 0) - rows_per_shape
-    row = (top - first_row).index_select(0, shape) + torch.arange(shape.numel(), device=device)
+    return top, bottom
+
+
+def _ranges(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """One pair (j, value) per integer low[j] <= value <= high[j], each (R,): e.g. each shape's rows."""
+    device = low.device
+    count = (high - low + 1).clamp_(min=0)
+    owner = torch.repeat_interleave(torch.arange(low.numel(), device=device), count)  # (R,)
+    before = torch.cumsum(count, 0) - count
+    value = (low - before).index_select(0, owner) + torch.arange(owner.numel(), device=device)
+    return owner, value
+
+
+def _spans(shape, row, centre_x, centre_y, radius, kind, lines, size: int) -> tuple[Tensor, Tensor]:
+    """First and last column of shape `shape` on pixel row `row`, each (R,); empty if last < first."""
     # One gather of every float a row needs (index_select: far faster than x[idx] on CPU).
     is_circle = (kind == CIRCLE).to(torch.float32)
     per_shape = torch.cat([lines.flatten(1), torch.stack([centre_x, centre_y, radius, is_circle], -1)], -1)
@@ -107,7 +132,7 @@ def _row_spans(centre_x, centre_y, radius, kind, lines, up, down, size: int) -> 
     right = torch.where(row_circle > 0, half_chord, bounds[:, 2:].amin(-1))
     first = torch.ceil(row_x * size - 0.5 + left * size).clamp(0, size).to(torch.int64)
     last = torch.floor(row_x * size - 0.5 + right * size).clamp(-1, size - 1).to(torch.int64)
-    return shape, row, first, last
+    return first, last
 
 
 def _paint(line: Tensor, first: Tensor, last: Tensor, order: Tensor, lines: int, size: int) -> Tensor:
@@ -136,6 +161,151 @@ def _paint(line: Tensor, first: Tensor, last: Tensor, order: Tensor, lines: int,
     return table[0]
 
 
+def _orient(kind_u: Tensor, angle_u: Tensor, aspect_u: Tensor) -> tuple[Tensor, ...]:
+    """Kind, aspect, cos and sin of the angle of shapes, from uniforms, each (M,)."""
+    kind = (kind_u * _KINDS).to(torch.int64).clamp_(max=_KINDS - 1)
+    angle = torch.where((kind == SQUARE) | (kind == CIRCLE), 0.0, angle_u * (2 * math.pi))
+    aspect = torch.where(kind == RECTANGLE, 0.25 + 0.75 * aspect_u, 1.0)
+    return kind, aspect, torch.cos(angle), torch.sin(angle)
+
+
+def _touching(open_at: Tensor, images: int, count: int, size: int, box: tuple[Tensor, ...]) -> Tensor:
+    """Indices of the shapes whose box of pixels holds an open pixel of their image; may keep a few more.
+
+    open_at: (P,) open pixels as a*H*W + y*W + x for image a < `images`; `count` shapes per image,
+    shape k of image a at a*count + k; box: rows top..bottom and columns left..right of each shape.
+    The test runs on blocks of about size/32 pixels, so its tables stay small at any image size.
+    """
+    block = -(-size // 32)
+    grid = -(-size // block)  # blocks per side
+    y, x = (open_at // size) % size // block, open_at % size // block
+    cells = torch.zeros(images * grid * grid, dtype=torch.int32, device=open_at.device)
+    cells.index_fill_(0, (open_at // (size * size) * grid + y) * grid + x, 1)
+    # Summed-area table: blocks with an open pixel in rows < y and columns < x, (A, G+1, G+1).
+    table = torch.zeros((images, grid + 1, grid + 1), dtype=torch.int32, device=open_at.device)
+    table[:, 1:, 1:] = cells.view(images, grid, grid).cumsum(1).cumsum(2)
+    table = table.flatten()
+    base = torch.arange(images, device=table.device).repeat_interleave(count) * (grid + 1) ** 2
+    top, bottom, left, right = (edge // block for edge in box)
+    rows = torch.stack([bottom + 1, top, bottom + 1, top])
+    columns = torch.stack([right + 1, right + 1, left, left])
+    corners = table.index_select(0, (base + rows * (grid + 1) + columns).flatten()).view(4, -1)
+    inside = corners[0] - corners[1] - corners[2] + corners[3]
+    return torch.nonzero((inside > 0) & (bottom >= top) & (right >= left)).squeeze(1)
+
+
+def _layers(
+    seed: int,
+    indices: Tensor,
+    size: int,
+    channels: int,
+    shapes: int,
+    radii: tuple[float, float, float],
+    max_rounds: int,
+) -> tuple[Tensor, Tensor]:
+    """uint8 (N, size, size, channels) colours, and the (N, size, size) bool mask of background pixels.
+
+    Round 0 is the top layer; round r >= 1 lies beneath rounds < r and is drawn only for the
+    images that still have uncovered pixels (see `_paint_beneath`).
+    """
+    n, s, device = indices.numel(), shapes, indices.device
+    draws = Draws(seed, indices)
+    params = draws.uniform(s, 6).flatten(0, 1)  # (N*S, 6): shape k of image i is row i*S + k
+    centre_x, centre_y, radius_u, kind_u, angle_u, aspect_u = params.unbind(-1)
+    colours = draws.uniform(s + 1, channels).flatten(0, 1)  # (N*(S+1), C); colour S is the background
+    colours = to_uint8(colours)  # before the gather: a byte per pixel and channel to move, not a float
+    radius = power_law_radius(radius_u, *radii)
+    kind, aspect, cos, sin = _orient(kind_u, angle_u, aspect_u)
+    lines = _edge_lines(kind, radius, aspect, cos, sin)  # (N*S, 4, 2)
+    up, down = _vertical_reach(kind, radius, aspect, cos, sin)
+    shape, row = _ranges(*_shape_rows(centre_y, up, down, size))
+    first, last = _spans(shape, row, centre_x, centre_y, radius, kind, lines, size)
+    image, order = shape // s, shape % s  # back to front: a larger order is painted later, on top
+    topmost = _paint(image * size + row, first, last, order, n * size, size)  # (N*H, W)
+    uncovered = topmost < 0
+    topmost = torch.where(uncovered, s, topmost).view(n, size * size).long()
+    colour_index = topmost + torch.arange(n, device=device).unsqueeze(1) * (s + 1)
+    picked = colours.index_select(0, colour_index.flatten())  # (N*H*W, C)
+    open_at = torch.nonzero(uncovered.flatten()).squeeze(1)  # uncovered pixels, ascending
+    next_round = 1
+    while next_round < max_rounds and open_at.numel() > 0:
+        # Rounds 1, 2-3, 4-7...: a pass of several rounds gives the same pixels as one round at
+        # a time (a deeper round only shows where the others leave a gap) in fewer, larger steps.
+        rounds = min(next_round, max_rounds - next_round)
+        open_at = _paint_beneath(seed, indices, open_at, next_round, rounds, picked, size, s, radii)
+        next_round += rounds
+    uncovered = torch.zeros(n * size * size, dtype=torch.bool, device=device).index_fill_(0, open_at, True)
+    return picked.view(n, size, size, channels), uncovered.view(n, size, size)
+
+
+def _paint_beneath(
+    seed: int,
+    indices: Tensor,
+    open_at: Tensor,
+    first_round: int,
+    rounds: int,
+    picked: Tensor,
+    size: int,
+    s: int,
+    radii: tuple[float, float, float],
+) -> Tensor:
+    """Rounds first_round.. first_round + rounds - 1 (>= 1), beneath the earlier ones, where gaps remain.
+
+    open_at: (P,) uncovered pixels as i*H*W + y*W + x, ascending; picked: (N*H*W, C) uint8,
+    updated in place. Returns the pixels still uncovered. In each round, each image with a gap
+    draws the centres and sizes of its `s` shapes from the hash of (seed, i, round); only the
+    shapes whose bounding box holds an uncovered pixel draw the rest (kind, angle, aspect,
+    colour), from the hash of (seed, i, salt -(round * 2^32 + k) - 1), and are cut into spans,
+    on the rows with an uncovered pixel only; each span is then matched with the uncovered
+    pixels it covers. The work grows with the shapes and the gaps, not with the image size.
+    """
+    area = size * size
+    active, local = torch.unique_consecutive(open_at // area, return_inverse=True)  # (A,), (P,)
+    images = active.numel()
+    at = local * area + open_at % area  # in A*H*W, still ascending
+    # Shape k of layer l of image a is row (a * rounds + l) * s + k; layer 0 is the deepest round.
+    layer_round = torch.arange(first_round + rounds - 1, first_round - 1, -1, device=open_at.device)
+    layer_image = indices.index_select(0, active).repeat_interleave(rounds)  # (A*rounds,)
+    draws = Draws(seed, layer_image, salt=layer_round.repeat(images))
+    centre_x, centre_y, radius_u = draws.uniform(s, 3).flatten(0, 1).unbind(-1)  # (A*rounds*S,)
+    radius = power_law_radius(radius_u, *radii)
+    reach = radius * math.sqrt(2)  # every kind lies within this of its centre (a rectangle's corner)
+    box = (  # rows top..bottom, columns left..right, a pixel wider each side against rounding
+        (torch.ceil((centre_y - reach) * size - 0.5) - 1).clamp(0, size).to(torch.int64),
+        (torch.floor((centre_y + reach) * size - 0.5) + 1).clamp(-1, size - 1).to(torch.int64),
+        (torch.ceil((centre_x - reach) * size - 0.5) - 1).clamp(0, size).to(torch.int64),
+        (torch.floor((centre_x + reach) * size - 0.5) + 1).clamp(-1, size - 1).to(torch.int64),
+    )
+    kept = _touching(at, images, rounds * s, size, box)  # (K,) ascending: by image, layer, order
+    if kept.numel() == 0:
+        return open_at
+    image, order = kept // (rounds * s), kept % s
+    salt = -(layer_round.index_select(0, kept // s % rounds) * (1 << 32) + order) - 1
+    shape_draws = Draws(seed, layer_image.index_select(0, kept // s), salt=salt)
+    rest = shape_draws.uniform(3 + picked.shape[-1])  # (K, 3 + C): kind, angle, aspect, colour
+    kind, aspect, cos, sin = _orient(*rest[:, :3].unbind(-1))
+    colours = to_uint8(rest[:, 3:])
+    centre_x, centre_y, radius = (x.index_select(0, kept) for x in (centre_x, centre_y, radius))
+    up, down = _vertical_reach(kind, radius, aspect, cos, sin)
+    shape, row = _ranges(*_shape_rows(centre_y, up, down, size))
+    line = image.index_select(0, shape) * size + row  # in A*H
+    open_rows = torch.zeros(images * size, dtype=torch.bool, device=at.device).index_fill_(0, at // size, True)
+    keep = torch.nonzero(open_rows.index_select(0, line)).squeeze(1)  # rows with an open pixel only
+    shape, row, line = shape.index_select(0, keep), row.index_select(0, keep), line.index_select(0, keep)
+    lines = _edge_lines(kind, radius, aspect, cos, sin)
+    first, last = _spans(shape, row, centre_x, centre_y, radius, kind, lines, size)
+    # Pair each span with the open pixels it covers: in ascending order, those are a run of `at`.
+    run = torch.searchsorted(at, torch.cat([line * size + first, line * size + last + 1])).view(2, -1)
+    span, pixel = _ranges(run[0], run[1] - 1)
+    # Shape j of `kept` lies above shapes < j of its image (a shallower round, or later in its
+    # round): the largest j covering a pixel shows.
+    topmost = torch.full((at.numel(),), -1, dtype=torch.int64, device=at.device)
+    topmost.scatter_reduce_(0, pixel, shape.index_select(0, span), reduce="amax")
+    filled = topmost >= 0
+    picked.index_copy_(0, open_at[filled], colours.index_select(0, topmost[filled]))
+    return open_at[~filled]
+
+
 @SOURCES.register("leaves")
 def leaves(
     seed: int,
@@ -143,33 +313,18 @@ def leaves(
     size: int,
     channels: int,
     device: torch.device,
-    shapes: int = 400,
+    shapes: int = 200,
     min_radius: float = 0.03,
     max_radius: float = 1.0,
     exponent: float = 3.0,
+    max_rounds: int = 32,
 ) -> Tensor:
-    """uint8 (N, channels, size, size) dead-leaves images."""
+    """uint8 (N, channels, size, size) dead-leaves images; `shapes` shapes per round."""
     if not (isinstance(shapes, int) and shapes >= 1):
         raise UserError(f"leaves needs shapes >= 1, got {shapes!r}")
     if not 0 < min_radius <= max_radius:
         raise UserError(f"leaves needs 0 < min_radius <= max_radius, got {min_radius}, {max_radius}")
-    n, s = indices.numel(), shapes
-    draws = Draws(seed, indices)
-    params = draws.uniform(s, 6).flatten(0, 1)  # (N*S, 6): shape k of image i is row i*S + k
-    centre_x, centre_y, radius_u, kind_u, angle_u, aspect_u = params.unbind(-1)
-    colours = draws.uniform(s + 1, channels).flatten(0, 1)  # (N*(S+1), C); colour S is the background
-    kind = (kind_u * _KINDS).to(torch.int64).clamp_(max=_KINDS - 1)
-    radius = power_law_radius(radius_u, min_radius, max_radius, exponent)
-    angle = torch.where((kind == SQUARE) | (kind == CIRCLE), 0.0, angle_u * (2 * math.pi))
-    aspect = torch.where(kind == RECTANGLE, 0.25 + 0.75 * aspect_u, 1.0)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    lines = _edge_lines(kind, radius, aspect, cos, sin)  # (N*S, 4, 2)
-    up, down = _vertical_reach(kind, radius, aspect, cos, sin)
-
-    shape, row, first, last = _row_spans(centre_x, centre_y, radius, kind, lines, up, down, size)
-    image, order = shape // s, shape % s  # back to front: a larger order is painted later, on top
-    topmost = _paint(image * size + row, first, last, order, n * size, size)  # (N*H, W)
-    topmost = torch.where(topmost < 0, s, topmost).view(n, size * size).long()
-    colour_index = topmost + torch.arange(n, device=device).unsqueeze(1) * (s + 1)
-    picked = colours.index_select(0, colour_index.flatten())  # (N*H*W, C)
-    return to_uint8(picked.view(n, size, size, channels).permute(0, 3, 1, 2))
+    if not (isinstance(max_rounds, int) and max_rounds >= 1):
+        raise UserError(f"leaves needs max_rounds >= 1, got {max_rounds!r}")
+    colours, _ = _layers(seed, indices, size, channels, shapes, (min_radius, max_radius, exponent), max_rounds)
+    return colours.permute(0, 3, 1, 2)
