@@ -104,30 +104,34 @@ def torchvision_reference(args, elastic: bool) -> float:
 
 
 def kd_steps(device: torch.device, args) -> dict[str, float]:
-    """The plain KD step at 32x32 RGB: frozen teacher forward, student forward + backward + SGD."""
-    from surrogate_kd.distill import autocast_context, kd_loss
+    """The loop's KD step (`distill.make_step`) on data already augmented: frozen teacher forward,
+    student forward + backward + SGD. ResNet-50/34 -> ResNet-18 at 32x32 RGB (the issue's pairs);
+    on CPU also the demo's pair, convnet_small -> convnet_tiny at 28x28 gray, batch 128, with the
+    teacher as trained and with its BatchNorm folded (`distill.inference_copy`, what the loop uses).
+    """
+    from dataclasses import replace
+
+    from surrogate_kd.config import TrainConfig
+    from surrogate_kd.distill import inference_copy, make_step
     from surrogate_kd.models import create_network
 
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    cfg = TrainConfig(tau=2.0, precision="bf16" if device.type == "cuda" else "auto")
+    pairs = [("resnet50", "resnet18", 32, 3, args.batch, True), ("resnet34", "resnet18", 32, 3, args.batch, True)]
+    if device.type == "cpu":
+        memory_format = torch.channels_last  # what the loop uses on CPU too
+        pairs += [("convnet_small", "convnet_tiny", 28, 1, 128, False), ("convnet_small", "convnet_tiny", 28, 1, 128, True)]
     rates = {}
-    channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    x = torch.rand(args.batch, 3, 32, 32, device=device).contiguous(memory_format=channels_last)
-    for teacher_arch in ("resnet50", "resnet34"):
-        teacher = create_network(teacher_arch, 10, 3).to(device, memory_format=channels_last).eval()
-        student = create_network("resnet18", 10, 3).to(device, memory_format=channels_last)
+    for teacher_arch, student_arch, size, channels, batch, fold in pairs:
+        x = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=memory_format)
+        teacher = create_network(teacher_arch, 10, channels).to(device, memory_format=memory_format).eval()
+        teacher = inference_copy(teacher) if fold else teacher.requires_grad_(False)
+        student = create_network(student_arch, 10, channels).to(device, memory_format=memory_format)
         optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
-        autocast = autocast_context(device, "bf16" if device.type == "cuda" else "auto")
-
-        def step():
-            with autocast:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = kd_loss(student(x), teacher_logits, tau=2.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        seconds = args.seconds if device.type == "cuda" else 0.0  # on CPU: warm-up + 3 steps is plenty
-        rates[f"{teacher_arch}->resnet18"] = round(_rate(step, args.batch, seconds, device, warmup=1))
+        step = make_step(student, optimizer, replace(cfg, tau=4.0) if size == 28 else cfg, teacher)
+        seconds = args.seconds if device.type == "cuda" or size == 28 else 0.0  # big nets on CPU: a few steps
+        name = f"{teacher_arch}->{student_arch}" + ("" if fold else " (teacher BN not folded)")
+        rates[name] = round(_rate(lambda: step(x), batch, seconds, device, warmup=1))
     return rates
 
 
@@ -168,7 +172,8 @@ def main() -> None:
     if kd_devices:
         result["kd_step_images_per_s"] = {device.type: kd_steps(device, args) for device in kd_devices}
         for device in kd_devices:
-            fastest = max(result["kd_step_images_per_s"][device.type].values())
+            # The issue's ratio is against its ResNet pairs, not the demo's small CPU nets.
+            fastest = max(v for k, v in result["kd_step_images_per_s"][device.type].items() if k.startswith("resnet"))
             result[f"high+mixup_over_fastest_kd_step_{device.type}"] = round(
                 result["images_per_s"][device.type]["high+mixup"] / fastest, 2
             )

@@ -23,8 +23,8 @@ import time
 import torch
 
 from surrogate_kd.boundary import boundary_pairs
-from surrogate_kd.config import InputSpec
-from surrogate_kd.distill import autocast_context, kd_loss
+from surrogate_kd.config import InputSpec, TrainConfig
+from surrogate_kd.distill import inference_copy, make_step
 from surrogate_kd.models import build_model
 from surrogate_kd.sources import render
 
@@ -55,17 +55,10 @@ def _calibrate(teacher: torch.nn.Module, images: torch.Tensor, batch: int) -> No
 def _distill_seconds(teacher, student, images: torch.Tensor, batch: int, device: torch.device) -> float:
     """Seconds for one distillation epoch over `images`: a KD step per batch (after one warm-up step)."""
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-    autocast = autocast_context(device, "auto")
+    kd_step = make_step(student, optimizer, TrainConfig(tau=4.0), inference_copy(teacher))
 
     def step(x):
-        x = x.float().div(255).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            loss = kd_loss(student(x), teacher_logits, tau=4.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        kd_step(x.float().div(255).contiguous(memory_format=torch.channels_last))
 
     step(images[:batch])
     _sync(device)

@@ -8,9 +8,9 @@ from torch import nn
 
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.data import ImageSet, open_images
-from surrogate_kd.distill import ArrayBatches, kd_loss, learning_rate, train
+from surrogate_kd.distill import ArrayBatches, inference_copy, kd_loss, learning_rate, train
 from surrogate_kd.errors import UserError
-from surrogate_kd.models import ImageClassifier
+from surrogate_kd.models import ImageClassifier, build_model
 
 
 def test_kd_loss_matches_hand_computation():
@@ -154,3 +154,22 @@ def test_tensorboard_without_the_package_is_a_clear_error(tiny_dataset, tiny_spe
     with pytest.raises(UserError, match="pip install tensorboard"):
         train(tiny_model(tiny_spec), ArrayBatches(data, 64, 0, torch.device("cpu")), replace(FAST, tensorboard=True),
               run_dir=tmp_path / "run")
+
+
+def test_inference_copy_folds_batchnorm_without_changing_outputs_or_the_original(tiny_spec):
+    teacher = build_model("convnet_tiny", tiny_spec)
+    with torch.no_grad():  # non-trivial running statistics, as a trained teacher has
+        for bn in (m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+    teacher.train()
+    x = torch.rand(8, tiny_spec.channels, tiny_spec.size, tiny_spec.size)
+    frozen = inference_copy(teacher)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules()), "BatchNorm folded into the convs"
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters()), "the caller's module is untouched"
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), teacher.eval()(x), rtol=1e-4, atol=1e-4)
+    scripted = torch.jit.script(nn.Linear(2, 2))
+    assert inference_copy(scripted) is scripted  # cannot be copied or traced: used as it is
