@@ -26,7 +26,8 @@ def main():
     p.add_argument("--source", default="shaders", help="shaders, leaves, noise, photos, or original")
     p.add_argument("--vary", action="append", default=[],
                    help="a variant: comma-separated key=value over TrainConfig fields, or candidates=/per_class=/"
-                        "boundary_fraction=/augment.FIELD= (an augmentation override); repeatable; 'base' = the recipe")
+                        "boundary_fraction=/boundary_targets=/boundary_every_epoch=/augment.FIELD= (an "
+                        "augmentation override); repeatable; 'base' = the recipe")
     p.add_argument("--out", default="runs/recipe-study")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
@@ -45,8 +46,9 @@ def main():
                 candidates = value
             elif key == "per_class":
                 per_class = value
-            elif key == "boundary_fraction":
-                boundary = {"fraction": value, "targets": "least-predicted"}
+            elif key.startswith("boundary_"):  # boundary_fraction=, boundary_targets=, boundary_every_epoch=
+                boundary = {"fraction": 0.1, "targets": "least-predicted", **(boundary or {}),
+                            key.removeprefix("boundary_"): value}
             elif key.startswith("augment."):
                 overrides[key.split(".", 1)[1]] = value
             else:

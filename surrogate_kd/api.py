@@ -153,7 +153,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     Unless the config sets tau, it follows the paper: 2 for real data, 20 for synthetic sources.
     `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set,
     teacher-balanced on the fly when `per_class` is set.
-    `boundary`: add decision-boundary samples to the candidates (see build_distillation_set).
+    `boundary`: add decision-boundary samples (keyword arguments of `boundary.add_boundary_samples`):
+    once, to the candidates before selection (see build_distillation_set), or with
+    `every_epoch=True` afresh from the selected set at every epoch (`boundary.EpochBoundaryBatches`).
     """
     out = Path(out)
     kind = data_kind or default_data_kind(data)
@@ -189,6 +191,15 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
             batches = SourceBatches(data, spec.size, spec.channels, cfg.batch_size, cfg.seed, device,
                                     epoch_size=candidates, **(source_params or {}))
         set_info = {}
+    elif boundary and boundary.get("every_epoch"):
+        # Fresh boundary samples from the selected set at every epoch, instead of once before selection.
+        from .boundary import EpochBoundaryBatches
+
+        images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
+                                                  download, source_params=source_params)
+        attack = {k: v for k, v in boundary.items() if k not in ("fraction", "every_epoch")}
+        batches = EpochBoundaryBatches(teacher_model, images, cfg.batch_size, cfg.seed, device,
+                                       boundary.get("fraction", 0.1), **attack)
     else:
         images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
                                                   download, source_params=source_params, boundary=boundary)
@@ -199,6 +210,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     torch.manual_seed(cfg.seed)
     run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}",
                 run_identity=config)
+    if getattr(batches, "summaries", None):  # per-epoch boundary samples: what each epoch's attack did
+        set_info["boundary_epochs"] = {epoch: {k: summary[k] for k in ("samples", "success_rate", "relative_entropy_after")}
+                                       for epoch, summary in sorted(batches.summaries.items())}
     result = {"source": data, "student": student, "parameters": count_parameters(model), **set_info,
               "steps": run.steps, "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
               "test_accuracy": run.eval_accuracy, "config": config, **provenance()}

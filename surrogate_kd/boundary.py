@@ -284,6 +284,48 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     return extended, summary
 
 
+class EpochBoundaryBatches:
+    """Batches of a labelled set plus boundary samples recomputed every epoch (the "each epoch" option).
+
+    Same interface as `distill.ArrayBatches`. At the start of epoch e a fresh random `fraction` of
+    the set (seeded by (seed, e)) is attacked and its samples join the set for that epoch; an
+    epoch stays len(set) // batch_size batches (static shapes, a fixed step count), drawn without
+    replacement from the set and the epoch's samples together, so the samples take their share
+    of each epoch. `batch(step)` depends only on (seed, step): a resumed run recomputes the
+    epoch it stopped in and sees the same batches. `summaries` keeps each epoch's attack summary.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, image_set: ImageSet, batch_size: int, seed: int,
+                 device: torch.device, fraction: float, **attack):
+        if image_set.labels is None:
+            raise UserError("boundary samples every epoch need a labelled set (the teacher's argmax)")
+        if len(image_set) < batch_size:
+            raise UserError(f"image set '{image_set.name}' has {len(image_set)} images, fewer than one batch of {batch_size}")
+        if not 0 < fraction <= 1:
+            raise UserError(f"fraction must be in (0, 1], got {fraction}")
+        self.teacher, self.set, self.seed, self.device = teacher, image_set, seed, device
+        self.fraction, self.attack, self.batch_size = fraction, attack, batch_size
+        self.steps_per_epoch = len(image_set) // batch_size
+        self.summaries: dict[int, dict] = {}
+        self._epoch, self._images, self._labels, self._order = -1, None, None, None
+
+    def _refresh(self, epoch: int) -> None:
+        epoch_seed = self.seed * 100_003 + epoch
+        extended, summary = add_boundary_samples(self.teacher, self.set, self.fraction, seed=epoch_seed,
+                                                 labels=self.set.labels, device=self.device, **self.attack)
+        self.summaries[epoch] = summary
+        self._images, self._labels = extended.images.to(self.device), extended.labels.to(self.device)
+        order = torch.randperm(len(extended), generator=torch.Generator().manual_seed(epoch_seed))
+        self._order, self._epoch = order[:self.steps_per_epoch * self.batch_size].to(self.device), epoch
+
+    def batch(self, step: int):
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._refresh(epoch)
+        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        return self._images[index], self._labels[index]
+
+
 def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
              device: str = "auto", overwrite: bool = False) -> dict:

@@ -60,8 +60,12 @@ def cmd_distill(args):
     base = TrainConfig(tau=DEFAULT_TAU.get(kind, 4.0), regime="high" if kind == "synthetic" else "standard")
     cfg = _train_config(args, base)
     boundary = None
+    if args.boundary_every_epoch and not args.boundary_fraction:
+        raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     if args.boundary_fraction:
         boundary = {"fraction": args.boundary_fraction, "targets": args.boundary_targets}
+        if args.boundary_every_epoch:
+            boundary["every_epoch"] = True
     _print(distill(args.teacher, args.data, args.out, args.student, cfg, data_kind=kind, candidates=args.candidates,
                    per_class=None if args.per_class == 0 else args.per_class, stream=args.stream,
                    eval_data=args.eval_data, download=args.download, boundary=boundary))
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boundary-fraction", type=float, default=0.0,
                    help="attack this fraction of the candidates for decision-boundary samples (paper Sect. 4.1)")
     p.add_argument("--boundary-targets", default="least-predicted", choices=["random", "nearest", "least-predicted"])
+    p.add_argument("--boundary-every-epoch", action="store_true",
+                   help="recompute the boundary samples from the selected set at every epoch (default: once, "
+                        "added to the candidates before selection)")
     p.add_argument("--eval-data", help="labelled set to report accuracy on, e.g. fashion-mnist:test")
     p.add_argument("--download", action="store_true")
     _add_training_flags(p)

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from surrogate_kd.boundary import GREY_LEVEL, bold_driver, boundary_pairs, choose_targets, level_deficits
+from surrogate_kd.boundary import (GREY_LEVEL, EpochBoundaryBatches, bold_driver, boundary_pairs, choose_targets,
+                                   level_deficits)
 from surrogate_kd.api import train_teacher
 from surrogate_kd.checkpoint import load_model
 from surrogate_kd.cli import main
 from surrogate_kd.config import InputSpec, TrainConfig
-from surrogate_kd.data import open_images
+from surrogate_kd.data import ImageSet, open_images
 from surrogate_kd.distill import predict
 from surrogate_kd.errors import UserError
 from surrogate_kd.models import ImageClassifier
@@ -267,3 +268,38 @@ def test_cli_writes_a_pool_of_originals_plus_samples_labelled_by_the_teacher(tmp
     assert main(["boundary", "--teacher", checkpoint, "--data", str(tiny_dataset),
                  "--out", str(tmp_path / "other"), "--fraction", "0"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- every epoch inside distill
+
+def test_every_epoch_batches_bring_fresh_samples_each_epoch_and_resume_identically():
+    teacher = two_class_teacher()
+    images = torch.cat([grey_images(0.45, 32, seed=1), grey_images(0.55, 32, seed=2)])
+    labels = predict(teacher, images).argmax(1)
+    image_set = ImageSet(images, labels, teacher.spec.classes, "grey")
+    attack = dict(targets="random", max_steps=40, epsilon=0.3)
+    batches = EpochBoundaryBatches(teacher, image_set, 16, seed=0, device=torch.device("cpu"), fraction=0.5, **attack)
+    assert batches.steps_per_epoch == 4, "an epoch is the set's length, samples or not"
+    epochs = [torch.cat([batches.batch(e * 4 + k)[0] for k in range(4)]) for e in range(2)]
+    assert all(batches.summaries[e]["pairs"] > 0 for e in (0, 1))
+    originals = {bytes(x.numpy()) for x in images}
+    fresh = [{bytes(x.numpy()) for x in epoch} - originals for epoch in epochs]
+    assert fresh[0] and fresh[1] and fresh[0] != fresh[1], "each epoch attacks a new draw of the set"
+    x, y = batches.batch(5)
+    assert torch.equal(y, predict(teacher, x).argmax(1)), "every image labelled by the teacher's argmax"
+    resumed = EpochBoundaryBatches(teacher, image_set, 16, seed=0, device=torch.device("cpu"), fraction=0.5, **attack)
+    assert torch.equal(resumed.batch(6)[0], batches.batch(6)[0]), "a resumed run sees the same batches"
+
+
+def test_distill_cli_recomputes_boundary_samples_every_epoch(tmp_path, tiny_dataset, capsys):
+    cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", mixup=False, regime="none")
+    train_teacher(str(tiny_dataset), tmp_path / "teacher", "convnet_tiny", cfg)
+    checkpoint = str(tmp_path / "teacher" / "model.safetensors")
+    common = ["distill", "--teacher", checkpoint, "--data", str(tiny_dataset), "--student", "convnet_tiny",
+              "--per-class", "64", "--set", "batch_size=32", "--set", "epochs=2", "--set", "device=cpu"]
+    assert main([*common, "--out", str(tmp_path / "student"), "--boundary-fraction", "0.1",
+                 "--boundary-targets", "nearest", "--boundary-every-epoch"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert sorted(result["boundary_epochs"]) == ["0", "1"] and result["steps"] == 16
+    assert main([*common, "--out", str(tmp_path / "other"), "--boundary-every-epoch"]) == 2
+    assert "--boundary-fraction" in capsys.readouterr().err
