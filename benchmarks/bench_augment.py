@@ -106,7 +106,7 @@ def torchvision_reference(args, elastic: bool) -> float:
 def kd_steps(device: torch.device, args) -> dict[str, float]:
     """The loop's KD step (`distill.make_step`) on data already augmented: frozen teacher forward,
     student forward + backward + SGD. ResNet-50/34 -> ResNet-18 at 32x32 RGB (the issue's pairs);
-    on CPU also the demo's pair, convnet_small -> convnet_tiny at 28x28 gray, batch 128, with the
+    on CPU also the demo's pair, convnet_24 -> convnet_tiny at 28x28 gray, batch 128, with the
     teacher as trained and with its BatchNorm folded (`distill.inference_copy`, what the loop uses).
     """
     from dataclasses import replace
@@ -120,7 +120,7 @@ def kd_steps(device: torch.device, args) -> dict[str, float]:
     pairs = [("resnet50", "resnet18", 32, 3, args.batch, True), ("resnet34", "resnet18", 32, 3, args.batch, True)]
     if device.type == "cpu":
         memory_format = torch.channels_last  # what the loop uses on CPU too
-        pairs += [("convnet_small", "convnet_tiny", 28, 1, 128, False), ("convnet_small", "convnet_tiny", 28, 1, 128, True)]
+        pairs += [("convnet_24", "convnet_tiny", 28, 1, 128, False), ("convnet_24", "convnet_tiny", 28, 1, 128, True)]
     rates = {}
     for teacher_arch, student_arch, size, channels, batch, fold in pairs:
         x = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=memory_format)

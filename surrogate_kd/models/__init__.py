@@ -24,9 +24,11 @@ MODELS.register("resnet50")(partial(CifarResNet, Bottleneck, (3, 4, 6, 3)))
 MODELS.register("wrn40_2")(partial(WideResNet, 40, 2))
 MODELS.register("mobilenetv2")(CifarMobileNetV2)
 MODELS.register("toy_mnist")(ToyMNISTNet)
-# Compact nets for CPU-scale work (the demo): a 0.3M-parameter ResNet and small plain convnets.
+# Compact nets for CPU-scale work (the demo): a 0.3M-parameter ResNet and small plain convnets
+# (288k, 163k and 73k parameters).
 MODELS.register("resnet_mini")(partial(CifarResNet, BasicBlock, (1, 1, 1), widths=(32, 64, 128)))
 MODELS.register("convnet_small")(partial(PlainConvNet, widths=(32, 64, 128), depth=2))
+MODELS.register("convnet_24")(partial(PlainConvNet, widths=(24, 48, 96), depth=2))
 MODELS.register("convnet_tiny")(partial(PlainConvNet, widths=(16, 32, 64), depth=2))
 
 
