@@ -56,7 +56,9 @@ def test_stream_is_consecutive_batches(name):
 
 
 def test_shaders_carry_structure():
-    images = render("shaders", 0, 0, 64, 16)
+    figures = render("shaders", 0, 0, 64, 16)
+    assert luminance(figures.float() / 255).flatten(1).std(1).mean() > 0.12 and not is_simple(figures).any()
+    images = render("shaders", 0, 0, 64, 16, figure=0.0)  # the textures alone, without the shared black ground
     std = luminance(images.float() / 255).flatten(1).std(1)
     assert std.mean() > 0.12 and not is_simple(images).any()
     # Per-sample programs: not one pattern recoloured, so luminance maps are far apart too.
@@ -89,6 +91,19 @@ def test_shaders_redraw_only_rejected_renders():
     redrawn = render("shaders", 0, 0, 48, 12, attempts=8, **strict)
     assert torch.equal(redrawn[~rejected], first_try[~rejected])
     assert is_simple(redrawn, **strict).sum() < rejected.sum()
+
+
+def test_shader_figures_are_shapes_on_black_and_leave_plain_renders_alone():
+    plain = render("shaders", 0, 0, 200, 16, figure=0.0)
+    mixed = render("shaders", 0, 0, 200, 16, figure=0.5)
+    unchanged = (plain == mixed).flatten(1).all(1)
+    assert 0.3 < unchanged.float().mean() < 0.7, "about half the programs become figures"
+    figures = mixed[~unchanged].float()
+    corners = figures[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 0).float().mean() > 0.5 and (plain[:, :, [0, 0, -1, -1], [0, -1, 0, -1]] == 0).float().mean() < 0.2
+    assert (figures.flatten(1) > 0).float().mean(1).min() > 0.02, "every figure keeps some of its texture"
+    all_figures = render("shaders", 0, 0, 64, 16, figure=1.0)
+    assert not (all_figures == render("shaders", 0, 0, 64, 16, figure=0.0)).flatten(1).all(1).any()
 
 
 def test_shader_frames_share_a_program():
@@ -240,6 +255,7 @@ def test_draws_are_uniform_and_normal():
         (lambda: render("leaves", 0, 0, 1, 8, shapes=0), "shapes >= 1"),
         (lambda: render("leaves", 0, 0, 1, 8, max_rounds=0), "max_rounds >= 1"),
         (lambda: render("shaders", 0, 0, 1, 8, layers=0), "layers >= 1"),
+        (lambda: render("shaders", 0, 0, 1, 8, figure=1.5), "0 <= figure <= 1"),
         (lambda: stream("noise", 0, 0, 8, 3), "batch size"),
     ],
 )
