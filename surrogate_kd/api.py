@@ -3,6 +3,12 @@
 train_teacher: labelled data -> teacher checkpoint (the paper's teacher recipe).
 distill:       teacher + surrogate data -> (teacher-balanced selection) -> student checkpoint.
 evaluate:      any checkpoint on a labelled set -> accuracy, per-class accuracy, agreement.
+
+Under torchrun, train_teacher and distill run on every rank and train data-parallel (parallel.py).
+Every rank builds the same training set itself, deterministically from the seed, rather than
+rank 0 building it and sending it: nothing to transfer, no rank idle meanwhile, and the streams
+that build their data during training (--stream, boundary samples every epoch) work this way
+anyway. Rank 0 alone writes files; every rank returns the result.
 """
 
 import json
@@ -12,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import parallel
 from .checkpoint import atomic_write_text, load_model, provenance, save_model
 from .config import InputSpec, TrainConfig
 from .data import DATASET_STATS, ImageSet, open_images
@@ -56,7 +63,9 @@ def _completed(out: Path, config: dict) -> dict | None:
 
 
 def _finish(out: Path, model, result: dict) -> dict:
-    """Save weights, then result.json last: its presence marks the run complete."""
+    """Save weights, then result.json last: its presence marks the run complete (rank 0 writes)."""
+    if not parallel.is_main():
+        return result
     save_model(model, out / MODEL_FILE, extra={"config": result["config"]})
     state = out / "state.pt"
     if state.exists():
@@ -93,14 +102,15 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
     """Train a teacher with one-hot cross-entropy; reuses a finished run with the same config."""
     out = Path(out)
     config = _as_json({"data": data, "arch": arch, "train": asdict(cfg), "eval_data": eval_data})
-    if (done := _completed(out, config)) is not None:
+    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
+    if (done := parallel.from_main(lambda: _completed(out, config))) is not None:
         return {**done, "reused": True}
-    train_set = open_images(data, download=download)
-    spec = _spec_for(train_set, data)
-    eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
+    with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
+        train_set = open_images(data, download=download)
+        spec = _spec_for(train_set, data)
+        eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
     if eval_set is not None:
         _check_labels(eval_set, spec)
-    device = resolve_device(cfg.device)
     model = build_model(arch, spec)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
@@ -168,12 +178,15 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     config = _as_json({"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),
                        "data": data, "student": student, "train": asdict(cfg), "candidates": candidates, "per_class": per_class, "stream": stream, "eval_data": eval_data,
                        "source_params": source_params, "boundary": boundary})
-    if (done := _completed(out, config)) is not None:
+    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
+    if (done := parallel.from_main(lambda: _completed(out, config))) is not None:
         return {**done, "reused": True}
-    device = resolve_device(cfg.device)
     spec = teacher_model.spec
     teacher_model.to(device)
-    eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
+    with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
+        eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
+        if download and not is_source(data):
+            open_images(data, download=True)
     if eval_set is not None:
         _check_labels(eval_set, spec)
     started = time.perf_counter()
@@ -204,8 +217,10 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
                                                   download, source_params=source_params, boundary=boundary)
         batches = ArrayBatches(images, cfg.batch_size, cfg.seed, device)
-    out.mkdir(parents=True, exist_ok=True)
-    save_grid(batches.batch(0)[0][:64], out / "samples.png")  # what the student is shown (before augmentation)
+    first = batches.batch(0)[0][:64]  # on every rank: it builds epoch 0 (and its summary) there too
+    if parallel.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_grid(first, out / "samples.png")  # what the student is shown (before augmentation)
     model = build_model(student, spec)
     torch.manual_seed(cfg.seed)
     run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}",

@@ -43,6 +43,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _print(result) -> None:
+    from .parallel import is_main
+
+    if not is_main():  # under torchrun every rank holds the result; rank 0 prints it
+        return
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2, default=str))
 
 

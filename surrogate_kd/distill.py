@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import parallel
 from .augment import augment, get_regime, mixup
 from .checkpoint import load_state, save_state
 from .config import TrainConfig
@@ -70,7 +71,8 @@ def autocast_context(device: torch.device, precision: str):
 
 class Batches(Protocol):
     """Where a training loop's uint8 batches come from; `batch(step)` is a pure function of step,
-    which is what makes a resumed run identical to an uninterrupted one."""
+    which is what makes a resumed run identical to an uninterrupted one, and lets every rank of a
+    data-parallel run compute the same global batch and keep its own rows of it (parallel.py)."""
 
     steps_per_epoch: int
 
@@ -149,7 +151,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1024
     out = []
     starts = range(0, images.shape[0], batch_size)
     with autocast_context(device, precision):
-        for start in tqdm(starts, desc=progress, leave=False, disable=progress is None):
+        for start in tqdm(starts, desc=progress, leave=False, disable=progress is None or not parallel.is_main()):
             x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
             out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     model.train(was_training)
@@ -238,8 +240,13 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     With `run_dir`, metrics go to metrics.jsonl and resumable state to state.pt; an interrupted
     run called again with the same config (and the same `run_identity`: what else defines the run,
     such as the teacher's fingerprint and the data) continues from its last saved step.
+
+    Under torchrun (see parallel.py), call it on every rank with the same arguments: each rank
+    trains on its share of every global batch of cfg.batch_size; rank 0 alone writes metrics and
+    state and evaluates, and every rank returns the same result and ends with the same weights.
     """
-    device = resolve_device(cfg.device)
+    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
+    world = parallel.world()
     regime = get_regime(cfg.regime, **dict(cfg.regime_overrides))
     model.to(device).train()
     if cfg.channels_last:
@@ -250,7 +257,8 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
         teacher = inference_copy(teacher.to(device))
         if cfg.channels_last:
             teacher.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = parallel.wrap(model, device)  # DDP under torchrun: gradients averaged over the ranks
+    step_model = torch.compile(step_model) if cfg.compile else step_model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.budget_images is not None:
@@ -263,23 +271,27 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     start_step = 0
     state_path = metrics_file = None
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state_path = run_dir / "state.pt"
-        state = load_state(state_path)
+        # Rank 0 reads the state and hands it to every rank (alone: just reads it).
+        state = parallel.from_main(lambda: load_state(run_dir / "state.pt"))
         if state is not None:
             if state["config"] != config_record:
-                raise UserError(f"{run_dir} holds a run with a different config; use another output or delete {state_path}")
+                raise UserError(f"{run_dir} holds a run with a different config; use another output or delete "
+                                f"{run_dir / 'state.pt'}")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_step = int(state["step"])
-        metrics_file = open(run_dir / "metrics.jsonl", "a")
+        if parallel.is_main():  # one writer of metrics and state
+            run_dir.mkdir(parents=True, exist_ok=True)
+            state_path = run_dir / "state.pt"
+            metrics_file = open(run_dir / "metrics.jsonl", "a")
     board = None
     if cfg.tensorboard and run_dir is not None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-        board = SummaryWriter(str(run_dir / "tensorboard"))
+        if parallel.is_main():
+            board = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(record: dict):
         if metrics_file is not None:
@@ -295,6 +307,10 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
             save_state(state_path, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "config": config_record})
 
+    def accuracy() -> float:
+        logits = predict(model, eval_set.images, device=device, precision=cfg.precision)
+        return (logits.argmax(1) == eval_set.labels).float().mean().item()
+
     # eval_every 0: evaluate once, at the end (each pass over a held-out set costs seconds on a CPU).
     eval_steps = max(1, round(cfg.eval_every * batches.steps_per_epoch)) if cfg.eval_every > 0 else total_steps
     save_steps = max(1, round(cfg.checkpoint_every * batches.steps_per_epoch))
@@ -304,14 +320,18 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     loss_count, window_start, window_step = 0, time.perf_counter(), start_step
     started = time.perf_counter()
     bar = tqdm(range(start_step, total_steps), desc=desc, initial=start_step, total=total_steps, leave=False,
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, disable=not parallel.is_main())
     for step in bar:
         lr = learning_rate(cfg, step, total_steps, batches.steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, labels = batches.batch(step)  # (B, C, H, W) uint8 on device, (B,) or None
-        # One seeded generator per step: augmentation is reproducible and resume needs no RNG state.
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        if step == start_step:  # once a run (a no-op alone): every rank must cut the same global batch
+            parallel.check_same(images, f"the training batch of step {step}")
+        images, labels = parallel.share(images), parallel.share(labels)  # this rank's B / world rows
+        # One seeded generator per step (and rank: each rank draws its own views): augmentation is
+        # reproducible and resume needs no RNG state.
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + world.rank * 1_000_000_007)
         x = augment(images, regime, generator)  # (B, C, H, W) float in [0, 1]
         if cfg.mixup:
             x, lam, perm = mixup(x, generator, per_sample=cfg.mixup_per_sample)
@@ -323,15 +343,15 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
         done = step + 1
         evaluate_now = eval_set is not None and (done % eval_steps == 0 or done == total_steps)
         if done % cfg.log_every == 0 or done == total_steps or evaluate_now:
-            mean_loss = (running_loss / loss_count).item()  # the only host sync, once per log interval
+            # The only host sync, once per log interval; the mean over all ranks under torchrun.
+            mean_loss = parallel.mean(running_loss / loss_count).item()
             if not math.isfinite(mean_loss):
                 raise UserError(f"{desc}: loss became {mean_loss} at step {done}; lower the lr or check the data")
-            rate = (done - window_step) * images.shape[0] / max(time.perf_counter() - window_start, 1e-9)
+            rate = (done - window_step) * images.shape[0] * world.size / max(time.perf_counter() - window_start, 1e-9)
             record = {"step": done, "epoch": round(done / batches.steps_per_epoch, 3), "loss": round(mean_loss, 5),
                       "lr": round(lr, 6), "images_per_s": round(rate, 1)}
-            if evaluate_now:
-                logits = predict(model, eval_set.images, device=device, precision=cfg.precision)
-                eval_accuracy = (logits.argmax(1) == eval_set.labels).float().mean().item()
+            if evaluate_now:  # on rank 0, whose BatchNorm statistics are the ones saved; all ranks get the number
+                eval_accuracy = parallel.from_main(accuracy)
                 record["eval_accuracy"] = round(eval_accuracy, 4)
             log(record)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc="-" if eval_accuracy is None else f"{eval_accuracy:.3f}",
@@ -341,6 +361,7 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
         if done % save_steps == 0 and done < total_steps:
             save(done)
     bar.close()
+    parallel.sync_buffers(model)  # every rank returns rank 0's model
     seconds = time.perf_counter() - started
     if metrics_file is not None:
         metrics_file.close()
