@@ -28,6 +28,19 @@ def _train_config(args, base: TrainConfig) -> TrainConfig:
     return override(cfg, args.set)
 
 
+def _source_params(items: list[str]) -> dict:
+    """--param KEY=VALUE items -> a synthetic source's keyword arguments (values read as YAML)."""
+    import yaml
+
+    params = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--param needs KEY=VALUE, got '{item}'")
+        params[key] = yaml.safe_load(raw)
+    return params
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training (defaults: the paper's recipe; see TrainConfig)")
     g.add_argument("--epochs", type=float)
@@ -70,9 +83,16 @@ def cmd_distill(args):
         boundary = {"fraction": args.boundary_fraction, "targets": args.boundary_targets}
         if args.boundary_every_epoch:
             boundary["every_epoch"] = True
+    params = _source_params(args.param)
+    if params:
+        from .select import is_source
+
+        if not is_source(args.data):
+            raise UserError(f"--param sets a synthetic source's parameters; '{args.data}' is not a source")
     _print(distill(args.teacher, args.data, args.out, args.student, cfg, data_kind=kind, candidates=args.candidates,
                    per_class=None if args.per_class == 0 else args.per_class, stream=args.stream,
-                   eval_data=args.eval_data, download=args.download, boundary=boundary))
+                   eval_data=args.eval_data, download=args.download, boundary=boundary,
+                   source_params=params or None))
 
 
 def cmd_evaluate(args):
@@ -93,7 +113,7 @@ def cmd_synthesize(args):
     from .pool import synthesize
 
     path = synthesize(args.source, args.count, args.size, args.out, channels=args.channels, seed=args.seed,
-                      device=args.device or "cpu", overwrite=args.overwrite)
+                      device=args.device or "cpu", overwrite=args.overwrite, **_source_params(args.param))
     print(f"wrote {args.count} {args.source} images to {path}")
 
 
@@ -153,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distill a teacher into a student through surrogate data")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors with .json sidecar)")
     p.add_argument("--data", required=True, help="shaders, leaves, noise, photos, a named dataset, .npz, pool or folder")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the synthetic source in --data, e.g. figure=0; repeatable")
     p.add_argument("--student", default="convnet_tiny")
     p.add_argument("--out", default="runs/student")
     p.add_argument("--data-kind", choices=["real", "synthetic"], help="picks tau (2 real / 20 synthetic) and regime")
@@ -196,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a source parameter, e.g. figure=0 (shaders), shapes=400 (leaves); repeatable")
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("augment-preview", help="one image under many draws of an augmentation regime")

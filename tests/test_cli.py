@@ -119,3 +119,15 @@ def test_student_of_a_retrained_teacher_is_not_reused(tmp_path, tiny_dataset, te
     save_model(retrained, own)  # same path, other weights
     assert main(args) == 0
     assert "reused" not in json.loads(capsys.readouterr().out)
+
+
+def test_distill_passes_source_parameters(tmp_path, tiny_dataset, teacher, capsys):
+    common = ["distill", "--teacher", str(teacher), "--student", "convnet_tiny", "--candidates", "256",
+              "--per-class", "16", *TINY]
+    assert main([*common, "--data", "shaders", "--param", "figure=0", "--out", str(tmp_path / "s")]) == 0
+    result = json.loads((tmp_path / "s" / "result.json").read_text())
+    assert result["config"]["source_params"] == {"figure": 0}
+    capsys.readouterr()
+    assert main([*common, "--data", str(tiny_dataset), "--param", "figure=0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a source" in err

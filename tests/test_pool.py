@@ -163,3 +163,18 @@ def test_out_of_range_reads_raise(tmp_path, images):
         pool.images(25, 31)
     with pytest.raises(IndexError):
         pool.gather(torch.tensor([0, 30]))
+
+
+def test_cli_passes_source_parameters_and_rejects_bad_ones(tmp_path, capsys):
+    from surrogate_kd.cli import main
+
+    assert main(["synthesize", "shaders", "--count", "6", "--size", "8", "--channels", "1", "--param", "figure=0",
+                 "--out", str(tmp_path / "plain")]) == 0
+    pool = Pool(tmp_path / "plain")
+    assert pool.manifest["params"] == {"figure": 0}
+    assert torch.equal(pool.images(0, 6), render("shaders", 0, 0, 6, 8, 1, figure=0))
+    assert not torch.equal(pool.images(0, 6), render("shaders", 0, 0, 6, 8, 1))
+    capsys.readouterr()
+    assert main(["synthesize", "shaders", "--count", "6", "--param", "colour=2", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no parameter colour" in err and not (tmp_path / "bad").exists()
