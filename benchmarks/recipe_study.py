@@ -27,7 +27,7 @@ def main():
     p.add_argument("--vary", action="append", default=[],
                    help="a variant: comma-separated key=value over TrainConfig fields, or candidates=/per_class=/"
                         "boundary_fraction=/boundary_targets=/boundary_every_epoch=/augment.FIELD= (an "
-                        "augmentation override); repeatable; 'base' = the recipe")
+                        "augmentation override)/source.PARAM= (a source parameter); repeatable; 'base' = the recipe")
     p.add_argument("--out", default="runs/recipe-study")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
@@ -37,7 +37,7 @@ def main():
     base_cfg = recipe.student_original if args.source == "original" else recipe.student
     data = "fashion-mnist" if args.source == "original" else args.source
     for variant in args.vary or ["base"]:
-        cfg, candidates, per_class, boundary = base_cfg, recipe.candidates, recipe.per_class, None
+        cfg, candidates, per_class, boundary, source_params = base_cfg, recipe.candidates, recipe.per_class, None, {}
         overrides = dict(cfg.regime_overrides)
         for item in ([] if variant == "base" else variant.split(",")):
             key, raw = item.split("=", 1)
@@ -49,6 +49,8 @@ def main():
             elif key.startswith("boundary_"):  # boundary_fraction=, boundary_targets=, boundary_every_epoch=
                 boundary = {"fraction": 0.1, "targets": "least-predicted", **(boundary or {}),
                             key.removeprefix("boundary_"): value}
+            elif key.startswith("source."):  # a parameter of the synthetic source, e.g. source.figure=0
+                source_params[key.split(".", 1)[1]] = value
             elif key.startswith("augment."):
                 overrides[key.split(".", 1)[1]] = value
             else:
@@ -57,7 +59,8 @@ def main():
         name = f"{args.source}-{variant.replace(',', '_').replace('=', '')}"
         started = time.perf_counter()
         result = distill(args.teacher, data, Path(args.out) / name, recipe.student_arch, cfg, candidates=candidates,
-                         per_class=per_class, eval_data="fashion-mnist:test", boundary=boundary)
+                         per_class=per_class, eval_data="fashion-mnist:test", boundary=boundary,
+                         source_params=source_params or None)
         row = {"source": args.source, "variant": variant, "test_accuracy": round(result["test_accuracy"], 4),
                "relative_entropy": result["relative_entropy"], "seconds": round(time.perf_counter() - started, 1),
                "threads": torch.get_num_threads()}

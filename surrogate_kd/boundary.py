@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .checkpoint import load_model
 from .data import ImageSet, open_images
-from .distill import autocast_context, predict, resolve_device
+from .distill import EpochBatches, autocast_context, predict, resolve_device
 from .errors import UserError
 from .pool import _claim_output, write_pool
 from .select import class_histogram, relative_entropy
@@ -284,7 +284,7 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     return extended, summary
 
 
-class EpochBoundaryBatches:
+class EpochBoundaryBatches(EpochBatches):
     """Batches of a labelled set plus boundary samples recomputed every epoch (the "each epoch" option).
 
     Same interface as `distill.ArrayBatches`. At the start of epoch e a fresh random `fraction` of
@@ -307,23 +307,15 @@ class EpochBoundaryBatches:
         self.fraction, self.attack, self.batch_size = fraction, attack, batch_size
         self.steps_per_epoch = len(image_set) // batch_size
         self.summaries: dict[int, dict] = {}
-        self._epoch, self._images, self._labels, self._order = -1, None, None, None
 
-    def _refresh(self, epoch: int) -> None:
+    def _epoch_data(self, epoch: int):
         epoch_seed = self.seed * 100_003 + epoch
         extended, summary = add_boundary_samples(self.teacher, self.set, self.fraction, seed=epoch_seed,
                                                  labels=self.set.labels, device=self.device, **self.attack)
         self.summaries[epoch] = summary
-        self._images, self._labels = extended.images.to(self.device), extended.labels.to(self.device)
         order = torch.randperm(len(extended), generator=torch.Generator().manual_seed(epoch_seed))
-        self._order, self._epoch = order[:self.steps_per_epoch * self.batch_size].to(self.device), epoch
-
-    def batch(self, step: int):
-        epoch, position = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._refresh(epoch)
-        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        return self._images[index], self._labels[index]
+        return (extended.images.to(self.device), extended.labels.to(self.device),
+                order[:self.steps_per_epoch * self.batch_size].to(self.device))
 
 
 def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",

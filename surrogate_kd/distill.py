@@ -79,7 +79,31 @@ class Batches(Protocol):
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
-class ArrayBatches:
+class EpochBatches:
+    """Batches drawn per epoch from images (re)built for that epoch: the shared `batch(step)`.
+
+    A subclass implements `_epoch_data(epoch) -> (images, labels or None, order)`, a pure function
+    of the epoch; `batch(step)` serves rows order[position*B:(position+1)*B] of the current
+    epoch's images and rebuilds them when the step enters a new epoch (only that one is kept).
+    """
+
+    batch_size: int
+    steps_per_epoch: int
+    _epoch: int = -1
+
+    def _epoch_data(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        raise NotImplementedError
+
+    def batch(self, step: int):
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._images, self._labels, self._order = self._epoch_data(epoch)
+            self._epoch = epoch
+        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        return self._images[index], None if self._labels is None else self._labels[index]
+
+
+class ArrayBatches(EpochBatches):
     """Shuffled epochs over an in-memory image set (drops the last partial batch: static shapes)."""
 
     def __init__(self, images: ImageSet, batch_size: int, seed: int, device: torch.device):
@@ -89,15 +113,10 @@ class ArrayBatches:
         self.labels = None if images.labels is None else images.labels.to(device)
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.steps_per_epoch = len(images) // batch_size
-        self._epoch, self._order = -1, None
 
-    def batch(self, step: int):
-        epoch, position = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order, self._epoch = torch.randperm(len(self.images), generator=g).to(self.device), epoch
-        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        return self.images[index], None if self.labels is None else self.labels[index]
+    def _epoch_data(self, epoch: int):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return self.images, self.labels, torch.randperm(len(self.images), generator=g).to(self.device)
 
 
 class SourceBatches:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distill import EpochBatches, predict, resolve_device
 from .errors import UserError
 
 DEFAULT_CAP = 50000  # paper Sect. 3.1: at most 50K surrogate images per distillation
@@ -156,7 +157,6 @@ def _pool_logits(teacher, path: Path, images: torch.Tensor | None, device, batch
     """
     from .checkpoint import atomic_write_text
     from .data import open_images
-    from .distill import predict
     from .pool import Pool
 
     fingerprint = teacher_fingerprint(teacher)
@@ -192,8 +192,6 @@ def teacher_logits(teacher, images: torch.Tensor, data: str | None = None, subse
     When `data` names a pool, `images` are that pool's images (rows `subset` of it, if given) and
     the logits come from the cache beside the pool, computed over the whole pool on a miss.
     """
-    from .distill import predict
-
     if data is not None and is_pool(data):
         logits = _pool_logits(teacher, Path(data), images if subset is None else None, device, batch_size)
         return logits if subset is None else logits[subset]
@@ -262,7 +260,6 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
     predicted class. The pool holds copies of the images, labels = teacher argmax and the
     teacher's logits, so `distill` reads it without asking the teacher again.
     """
-    from .distill import resolve_device
     from .pool import write_pool
 
     if per_class <= 0:
@@ -374,7 +371,7 @@ def split_by_class_map(dataset, class_map, teacher_classes, complete_only: bool 
 
 # --------------------------------------------------------------------------- online balancing
 
-class OnlineBalancedBatches:
+class OnlineBalancedBatches(EpochBatches):
     """Teacher-balanced synthetic batches, selected on the fly: a balanced set never stored.
 
     Same interface as `distill.SourceBatches`. Each epoch draws fresh images from the source (its
@@ -394,10 +391,8 @@ class OnlineBalancedBatches:
         self.batch_size, self.epoch_size, self.chunk = batch_size, epoch_size, chunk
         self.max_draws = max_draws or 20 * epoch_size
         self.steps_per_epoch = epoch_size // batch_size
-        self._epoch, self._images, self._labels, self._order = -1, None, None, None
 
-    def _select_epoch(self, epoch: int) -> None:
-        from .distill import predict
+    def _epoch_data(self, epoch: int):
         from .sources import render
 
         spec, num_classes = self.teacher.spec, self.teacher.num_classes
@@ -420,14 +415,6 @@ class OnlineBalancedBatches:
             if torch.equal(filled, quotas):
                 break
         labels = torch.cat(kept_labels)
-        self._images, self._labels = torch.cat(kept_images), labels.to(self.device)
         # Fill what the draw budget left short: replicate rare classes, move absent ones' shares.
         order = indices_for_quotas(labels, class_quotas(filled, self.epoch_size, generator), generator)
-        self._order, self._epoch = order.to(self.device), epoch
-
-    def batch(self, step: int):
-        epoch, position = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._select_epoch(epoch)
-        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        return self._images[index], self._labels[index]
+        return torch.cat(kept_images), labels.to(self.device), order.to(self.device)
