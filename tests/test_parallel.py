@@ -5,6 +5,7 @@ without random augmentation, to float rounding), end with the same weights, resu
 and write each file once; the command line runs under torchrun.
 """
 
+import gc
 import json
 import os
 import socket
@@ -57,6 +58,7 @@ def rank_worker(rank: int, port: int, dataset, spec, out):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    gc.disable()  # no automatic collection: whatever is freed before exit, parallel.shutdown frees
     data = open_images(str(dataset))
     batch_sizes = set()
     model, run = train_tiny(data, spec, batch_sizes=batch_sizes, eval_set=data, run_dir=out / "full")
@@ -70,9 +72,13 @@ def rank_worker(rank: int, port: int, dataset, spec, out):
     resumed, _ = train_tiny(data, spec, seed=123, run_dir=out / "resumed")  # another init: all from state.pt
     with pytest.raises(UserError, match="disagree on the training batch"):  # as if each had other data
         train(tiny_model(spec), ArrayBatches(data, CFG.batch_size, rank, torch.device("cpu")), CFG)
-    torch.save({"full": model.state_dict(), "resumed": resumed.state_dict(), "accuracy": run.eval_accuracy,
-                "loss": run.final_loss, "batch_sizes": batch_sizes}, out / f"rank{rank}.pt")
     parallel.shutdown()
+    # The interrupted and refused runs' DDP wrappers sat in reference cycles through their
+    # tracebacks; left for interpreter exit, they can abort the process (see parallel.shutdown).
+    wrappers_left = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    torch.save({"full": model.state_dict(), "resumed": resumed.state_dict(), "accuracy": run.eval_accuracy,
+                "loss": run.final_loss, "batch_sizes": batch_sizes, "wrappers_left": wrappers_left},
+               out / f"rank{rank}.pt")
 
 
 def test_two_ranks_train_like_one_process_and_resume_together(tiny_dataset, tiny_spec, tmp_path, one_thread):
@@ -81,6 +87,7 @@ def test_two_ranks_train_like_one_process_and_resume_together(tiny_dataset, tiny
 
     mp.spawn(rank_worker, args=(free_port(), tiny_dataset, tiny_spec, tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["wrappers_left"] == ranks[1]["wrappers_left"] == 0, "no DDP wrapper outlives the process group"
     assert ranks[0]["batch_sizes"] == ranks[1]["batch_sizes"] == {CFG.batch_size // 2}, "each rank trains on half"
     for name, weights in alone.state_dict().items():
         # Rank 0 and rank 1 hold the very same weights; each half-batch's gradient averaged over
