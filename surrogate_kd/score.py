@@ -6,16 +6,19 @@ The paper's criteria for a good distillation set, each measured on the teacher's
                      within-class dispersion of penultimate features (0 for a class never predicted)
   feature_diversity  diverse images, as the teacher sees them: dispersion of all features
   boundary           information near decision boundaries: 1 - mean max-softmax, rescaled to [0, 1]
+  duplicates         fraction of images that repeat another one exactly (select's replication)
 Dispersion of a group of features is 1 - |mean of f/|f||^2, the mean pairwise cosine distance
 (in [0, 1] for the non-negative features of ReLU nets): scale-free, so sets compare for one teacher.
 
-distillability = relative_entropy * class_coverage ** 0.5: see docs/selection.md for why these two
-and why this form. Relative entropy alone is the baseline the score has to beat.
+distillability = relative_entropy * feature_diversity ** 0.5: see docs/selection.md for why these
+two, why this form, and the study that replaced the first form (class_coverage in place of
+feature_diversity). Relative entropy alone is the baseline the score has to beat.
 """
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +60,8 @@ def criteria(logits: torch.Tensor, features: torch.Tensor, images: torch.Tensor)
     thumbnails = F.adaptive_avg_pool2d(images.float().div(255), THUMBNAIL).flatten(1)  # (N, C*8*8)
     # RMS distance between two random thumbnails, per pixel: sqrt(2 * total variance / dims).
     pixel_spread = (2 * thumbnails.var(0).sum() / thumbnails.shape[1]).sqrt().item() if len(images) > 1 else 0.0
+    rows = images.flatten(1).contiguous().numpy()
+    distinct = len(np.unique(rows.view(np.dtype((np.void, rows.shape[1]))))) if len(rows) else 0
     return {
         "images": len(predictions),
         "relative_entropy": relative_entropy(counts),
@@ -69,13 +74,16 @@ def criteria(logits: torch.Tensor, features: torch.Tensor, images: torch.Tensor)
         "class_coverage": sum(spreads) / num_classes,
         "feature_diversity": dispersion(features),
         "pixel_diversity": pixel_spread,
+        "duplicates": 1 - distinct / max(len(rows), 1),
     }
 
 
 def distillability(row: dict) -> float:
-    """One number from the criteria: relative entropy, discounted by how little of each class's
-    region the set covers. Monotone in both; 0 when the teacher predicts a single class."""
-    return row["relative_entropy"] * row["class_coverage"] ** 0.5
+    """One number from the criteria: relative entropy (are all classes predicted evenly?),
+    discounted by how little of the teacher's feature space the set spans (are the images diverse
+    as the teacher sees them?). Monotone in both; 0 when the teacher predicts a single class or
+    sees every image alike."""
+    return row["relative_entropy"] * row["feature_diversity"] ** 0.5
 
 
 def teacher_features(teacher, images: torch.Tensor, logits: torch.Tensor, device, batch_size: int):
@@ -117,7 +125,7 @@ def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidat
 
 TABLE_COLUMNS = [("data", "image set"), ("distillability", "distillability"), ("relative_entropy", "rel. entropy"),
                  ("classes_missing", "classes missing"), ("class_coverage", "class coverage"),
-                 ("feature_diversity", "feature diversity"), ("pixel_diversity", "pixel diversity"),
+                 ("feature_diversity", "feature diversity"), ("pixel_diversity", "pixel diversity"), ("duplicates", "duplicates"),
                  ("max_softmax_mean", "max-softmax mean"), ("max_softmax_std", "max-softmax std")]
 
 
