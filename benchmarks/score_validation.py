@@ -36,13 +36,15 @@ from surrogate_kd.select import select
 # One recipe for every set (the demo's student recipe), so only the data differs.
 RECIPE = TrainConfig(epochs=10, tau=4.0, regime="standard", mixup=False, nesterov=True,
                      regime_overrides=(("randaugment_n", 0), ("invert_p", 0.1)))
-CRITERIA = ("distillability", "relative_entropy", "feature_diversity", "class_coverage", "pixel_diversity", "boundary",
-            "score_v1")
-
-
-def score_v1(row: dict) -> float:
-    """The score as first designed, before this study: relative entropy x sqrt(class coverage)."""
-    return row["relative_entropy"] * row["class_coverage"] ** 0.5
+# Every form the score has had or been tested in (docs/selection.md tells their story);
+# `distillability` is the library's current one.
+FORMULAS = {
+    "score_v1": lambda r: r["relative_entropy"] * r["class_coverage"] ** 0.5,  # the first design
+    "score_v2": lambda r: r["relative_entropy"] * r["feature_diversity"] ** 0.5,
+    "score_v3": lambda r: r["relative_entropy_distinct"] * r["feature_diversity"] ** 0.5,
+}
+CRITERIA = ("distillability", *FORMULAS, "relative_entropy", "relative_entropy_distinct", "feature_diversity",
+            "class_coverage", "pixel_diversity", "boundary")
 
 
 def ranks(values: list[float]) -> np.ndarray:
@@ -135,14 +137,15 @@ def main() -> None:
         run = distill(args.teacher, row["data"], out / "students" / Path(row["data"]).name.replace(":", "-"),
                       args.student, cfg, candidates=args.images, per_class=None, eval_data=args.eval_data)
         row["accuracy"] = run["test_accuracy"]
-        row["score_v1"] = score_v1(row)
+        row.update({name: formula(row) for name, formula in FORMULAS.items()})
         print(f"{row['data']}: distillability {row['distillability']:.4f}, accuracy {row['accuracy']:.4f}", flush=True)
     accuracy = [r["accuracy"] for r in rows]
     correlations = {name: spearman([r[name] for r in rows], accuracy) for name in CRITERIA}
-    print(markdown_table(rows, [("data", "set"), ("accuracy", "student accuracy"), *[(c, c) for c in CRITERIA], ("duplicates", "duplicates")]))
+    columns = [("data", "set"), ("accuracy", "student accuracy"), *[(c, c) for c in CRITERIA], ("duplicates", "duplicates")]
+    print(markdown_table(rows, columns))
     print(f"\nSpearman rho with student accuracy over {len(rows)} sets:")
     for name, rho in correlations.items():
-        print(f"  {name:18s} {rho:+.3f}{'   <- baseline' if name == 'relative_entropy' else ''}")
+        print(f"  {name:26s} {rho:+.3f}{'   <- baseline' if name == 'relative_entropy' else ''}")
     (out / "validation.json").write_text(json.dumps({"teacher": args.teacher, "rows": rows, "spearman": correlations,
                                                      "images": args.images, "epochs": args.epochs}, indent=2))
 

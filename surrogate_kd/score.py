@@ -7,6 +7,7 @@ The paper's criteria for a good distillation set, each measured on the teacher's
   feature_diversity  diverse images, as the teacher sees them: dispersion of all features
   boundary           information near decision boundaries: 1 - mean max-softmax, rescaled to [0, 1]
   duplicates         fraction of images that repeat another one exactly (select's replication)
+  relative_entropy_distinct  relative entropy over the distinct images (each counted once)
 Dispersion of a group of features is 1 - |mean of f/|f||^2, the mean pairwise cosine distance
 (in [0, 1] for the non-negative features of ReLU nets): scale-free, so sets compare for one teacher.
 
@@ -60,11 +61,14 @@ def criteria(logits: torch.Tensor, features: torch.Tensor, images: torch.Tensor)
     thumbnails = F.adaptive_avg_pool2d(images.float().div(255), THUMBNAIL).flatten(1)  # (N, C*8*8)
     # RMS distance between two random thumbnails, per pixel: sqrt(2 * total variance / dims).
     pixel_spread = (2 * thumbnails.var(0).sum() / thumbnails.shape[1]).sqrt().item() if len(images) > 1 else 0.0
+    # Each distinct image counted once (its first copy): replicating an image adds rows, not information.
     rows = images.flatten(1).contiguous().numpy()
-    distinct = len(np.unique(rows.view(np.dtype((np.void, rows.shape[1]))))) if len(rows) else 0
+    first = np.unique(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(), return_index=True)[1]
+    distinct_counts = class_histogram(predictions[torch.from_numpy(first).to(predictions.device)], num_classes)
     return {
         "images": len(predictions),
         "relative_entropy": relative_entropy(counts),
+        "relative_entropy_distinct": relative_entropy(distinct_counts),
         "classes_missing": int((counts == 0).sum()),
         "class_histogram": counts.tolist(),
         "max_softmax_mean": max_softmax.mean().item(),
@@ -74,7 +78,7 @@ def criteria(logits: torch.Tensor, features: torch.Tensor, images: torch.Tensor)
         "class_coverage": sum(spreads) / num_classes,
         "feature_diversity": dispersion(features),
         "pixel_diversity": pixel_spread,
-        "duplicates": 1 - distinct / max(len(rows), 1),
+        "duplicates": 1 - len(first) / max(len(rows), 1),
     }
 
 
@@ -124,8 +128,9 @@ def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidat
 
 
 TABLE_COLUMNS = [("data", "image set"), ("distillability", "distillability"), ("relative_entropy", "rel. entropy"),
-                 ("classes_missing", "classes missing"), ("class_coverage", "class coverage"),
-                 ("feature_diversity", "feature diversity"), ("pixel_diversity", "pixel diversity"), ("duplicates", "duplicates"),
+                 ("relative_entropy_distinct", "rel. entropy, distinct"), ("classes_missing", "classes missing"),
+                 ("class_coverage", "class coverage"), ("feature_diversity", "feature diversity"),
+                 ("pixel_diversity", "pixel diversity"), ("duplicates", "duplicates"),
                  ("max_softmax_mean", "max-softmax mean"), ("max_softmax_std", "max-softmax std")]
 
 

@@ -20,7 +20,7 @@ from surrogate_kd.errors import UserError
 from surrogate_kd.models import ImageClassifier
 from surrogate_kd.pool import Pool, write_pool
 from surrogate_kd.score import dispersion, score
-from surrogate_kd.select import (OnlineBalancedBatches, class_histogram, select, split_by_class_map,
+from surrogate_kd.select import (OnlineBalancedBatches, class_histogram, relative_entropy, select, split_by_class_map,
                                  teacher_logits)
 
 SPEC = InputSpec(16, 1, (0.5,), (0.25,), ("c0", "c1", "c2", "c3"))
@@ -147,8 +147,20 @@ def test_score_ranks_balanced_above_collapsed_and_reports_replication(tmp_path):
     assert by_name[replicated]["relative_entropy"] == pytest.approx(1.0) == by_name[balanced]["relative_entropy"]
     assert by_name[replicated]["class_coverage"] < by_name[balanced]["class_coverage"]
     assert by_name[balanced]["class_histogram"] == [50, 50, 50, 50]
+    assert by_name[replicated]["relative_entropy_distinct"] == pytest.approx(1.0), "2 distinct images per class"
     assert json.loads((tmp_path / "report" / "score.json").read_text())[2]["data"] == collapsed
     assert (tmp_path / "report" / "class_histograms.png").stat().st_size > 0
+
+
+def test_relative_entropy_over_distinct_images_sees_balance_made_by_copies(tmp_path):
+    # 60 distinct images of class 0; classes 1-3 one image each, copied 60 times: a flat histogram
+    # that only replication made flat.
+    images = np.concatenate([planted_images([0] * 60), np.repeat(planted_images([1, 2, 3], seed=1), 60, axis=0)])
+    np.savez(tmp_path / "copies.npz", images=images)
+    (row,) = score(planted_teacher(), [str(tmp_path / "copies.npz")], device="cpu")
+    assert row["relative_entropy"] == pytest.approx(1.0)
+    assert row["relative_entropy_distinct"] == pytest.approx(relative_entropy(torch.tensor([60, 1, 1, 1])))
+    assert row["duplicates"] == pytest.approx(177 / 240)
 
 
 def test_dispersion_is_mean_pairwise_cosine_distance():
