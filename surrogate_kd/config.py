@@ -61,22 +61,37 @@ class TrainConfig:
 
 
 def override(cfg, assignments: list[str]):
-    """Apply `key=value` strings (the CLI's --set) to a frozen dataclass, parsing values as YAML."""
+    """Apply `key=value` strings (the CLI's --set) to a frozen dataclass, parsing values as YAML.
+
+    For a TrainConfig, `augment.FIELD=VALUE` sets one field of the augmentation regime (it joins
+    `regime_overrides`), e.g. `augment.randaugment_n=0`.
+    """
     import yaml
 
     names = {f.name: f for f in fields(cfg)}
-    changes = {}
+    changes, regime_fields = {}, {}
     for item in assignments:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
-        if key not in names:
-            raise UserError(f"unknown setting '{key}'; valid: {', '.join(sorted(names))}")
         value = yaml.safe_load(raw)
+        if key.startswith("augment.") and "regime_overrides" in names:
+            regime_fields[key.removeprefix("augment.")] = value
+            continue
+        if key not in names:
+            hint = "; augment.FIELD for a field of the augmentation regime" if "regime_overrides" in names else ""
+            raise UserError(f"unknown setting '{key}'; valid: {', '.join(sorted(names))}{hint}")
         if isinstance(value, list):
             value = tuple(value)
         changes[key] = value
-    return replace(cfg, **changes)
+    cfg = replace(cfg, **changes)
+    if regime_fields:
+        from .augment import get_regime
+
+        merged = {**dict(cfg.regime_overrides), **regime_fields}
+        get_regime(cfg.regime, **merged)  # an unknown field or a bad value is an error now, not at step 0
+        cfg = replace(cfg, regime_overrides=tuple(merged.items()))
+    return cfg
 
 
 def from_yaml(cls, path: str):

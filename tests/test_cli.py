@@ -98,6 +98,17 @@ def test_unknown_names_list_valid_ones(tmp_path, tiny_dataset, capsys):
     assert "fashion-mnist" in error_line(capsys)
     assert main(["train-teacher", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--set", "nope=1"]) == 2
     assert "unknown setting 'nope'" in error_line(capsys)
+    assert main(["train-teacher", "--data", str(tiny_dataset), "--out", str(tmp_path / "t"), "--set", "augment.nope=1"]) == 2
+    assert "unknown augmentation field(s) nope" in error_line(capsys)
+    assert not (tmp_path / "t").exists()
+
+
+def test_set_reaches_fields_of_the_augmentation_regime():
+    from surrogate_kd.config import TrainConfig, override
+
+    cfg = override(TrainConfig(regime="high", regime_overrides=(("invert_p", 0.5),)),
+                   ["augment.randaugment_n=0", "augment.invert_p=0.1", "epochs=3"])
+    assert dict(cfg.regime_overrides) == {"invert_p": 0.1, "randaugment_n": 0} and cfg.epochs == 3
 
 
 def test_student_of_a_retrained_teacher_is_not_reused(tmp_path, tiny_dataset, teacher, capsys):
