@@ -11,9 +11,9 @@ The paper's criteria for a good distillation set, each measured on the teacher's
 Dispersion of a group of features is 1 - |mean of f/|f||^2, the mean pairwise cosine distance
 (in [0, 1] for the non-negative features of ReLU nets): scale-free, so sets compare for one teacher.
 
-distillability = relative_entropy * feature_diversity ** 0.5: see docs/selection.md for why these
-two, why this form, and the study that replaced the first form (class_coverage in place of
-feature_diversity). Relative entropy alone is the baseline the score has to beat.
+distillability = relative_entropy_distinct * feature_diversity ** 0.5: see docs/selection.md for
+why these two, why this form, and the studies on four teachers that chose it over two earlier
+forms. Relative entropy alone is the baseline the score has to beat.
 """
 
 import json
@@ -83,11 +83,11 @@ def criteria(logits: torch.Tensor, features: torch.Tensor, images: torch.Tensor)
 
 
 def distillability(row: dict) -> float:
-    """One number from the criteria: relative entropy (are all classes predicted evenly?),
-    discounted by how little of the teacher's feature space the set spans (are the images diverse
-    as the teacher sees them?). Monotone in both; 0 when the teacher predicts a single class or
-    sees every image alike."""
-    return row["relative_entropy"] * row["feature_diversity"] ** 0.5
+    """One number from the criteria: relative entropy over the distinct images (are all classes
+    predicted evenly, without counting copies?), discounted by how little of the teacher's feature
+    space the set spans (are the images diverse as the teacher sees them?). Monotone in both; 0
+    when the teacher predicts a single class or sees every image alike."""
+    return row["relative_entropy_distinct"] * row["feature_diversity"] ** 0.5
 
 
 def teacher_features(teacher, images: torch.Tensor, logits: torch.Tensor, device, batch_size: int):

@@ -152,12 +152,16 @@ def test_score_ranks_balanced_above_collapsed_and_reports_replication(tmp_path):
     assert (tmp_path / "report" / "class_histograms.png").stat().st_size > 0
 
 
-def test_relative_entropy_over_distinct_images_sees_balance_made_by_copies(tmp_path):
+def test_score_sees_balance_made_by_copies(tmp_path):
     # 60 distinct images of class 0; classes 1-3 one image each, copied 60 times: a flat histogram
-    # that only replication made flat.
+    # that only replication made flat, ranked below 240 distinct images of the same classes.
     images = np.concatenate([planted_images([0] * 60), np.repeat(planted_images([1, 2, 3], seed=1), 60, axis=0)])
     np.savez(tmp_path / "copies.npz", images=images)
-    (row,) = score(planted_teacher(), [str(tmp_path / "copies.npz")], device="cpu")
+    distinct = planted_npz(tmp_path / "distinct.npz", [0, 1, 2, 3] * 60, seed=2)
+    copies = str(tmp_path / "copies.npz")
+    rows = score(planted_teacher(), [copies, distinct], device="cpu")
+    assert [r["data"] for r in rows] == [distinct, copies]
+    row = rows[1]
     assert row["relative_entropy"] == pytest.approx(1.0)
     assert row["relative_entropy_distinct"] == pytest.approx(relative_entropy(torch.tensor([60, 1, 1, 1])))
     assert row["duplicates"] == pytest.approx(177 / 240)
