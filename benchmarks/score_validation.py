@@ -141,7 +141,8 @@ def main() -> None:
         print(f"{row['data']}: distillability {row['distillability']:.4f}, accuracy {row['accuracy']:.4f}", flush=True)
     accuracy = [r["accuracy"] for r in rows]
     correlations = {name: spearman([r[name] for r in rows], accuracy) for name in CRITERIA}
-    columns = [("data", "set"), ("accuracy", "student accuracy"), *[(c, c) for c in CRITERIA], ("duplicates", "duplicates")]
+    columns = [("data", "set"), ("accuracy", "student accuracy"), *[(c, c) for c in CRITERIA],
+               ("duplicates", "duplicates")]
     print(markdown_table(rows, columns))
     print(f"\nSpearman rho with student accuracy over {len(rows)} sets:")
     for name, rho in correlations.items():

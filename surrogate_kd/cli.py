@@ -52,7 +52,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--precision", help="auto (bf16 where fast), bf16, fp32")
     g.add_argument("--config", help="YAML file of TrainConfig defaults")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any TrainConfig field; augment.FIELD=VALUE for a regime field")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any TrainConfig field; augment.FIELD=VALUE for a regime field")
 
 
 def _print(result) -> None:

@@ -62,7 +62,7 @@ def criteria(logits: torch.Tensor, features: torch.Tensor, images: torch.Tensor)
     # RMS distance between two random thumbnails, per pixel: sqrt(2 * total variance / dims).
     pixel_spread = (2 * thumbnails.var(0).sum() / thumbnails.shape[1]).sqrt().item() if len(images) > 1 else 0.0
     # Each distinct image counted once (its first copy): replicating an image adds rows, not information.
-    rows = images.flatten(1).contiguous().numpy()
+    rows = images.flatten(1).cpu().contiguous().numpy()
     first = np.unique(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(), return_index=True)[1]
     distinct_counts = class_histogram(predictions[torch.from_numpy(first).to(predictions.device)], num_classes)
     return {
