@@ -10,13 +10,12 @@ demo's recipe and a few fields changed, evaluated on Fashion-MNIST's test split.
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from surrogate_kd.api import distill
+from surrogate_kd.config import override, parse_assignments
 from surrogate_kd.demo import DemoRecipe
 
 
@@ -38,10 +37,9 @@ def main():
     data = "fashion-mnist" if args.source == "original" else args.source
     for variant in args.vary or ["base"]:
         cfg, candidates, per_class, boundary, source_params = base_cfg, recipe.candidates, recipe.per_class, None, {}
-        overrides = dict(cfg.regime_overrides)
-        for item in ([] if variant == "base" else variant.split(",")):
-            key, raw = item.split("=", 1)
-            value = yaml.safe_load(raw)
+        settings = []  # TrainConfig fields and augment.FIELD: what --set takes
+        for item in [] if variant == "base" else variant.split(","):
+            [(key, value)] = parse_assignments([item], "--vary")
             if key == "candidates":
                 candidates = value
             elif key == "per_class":
@@ -51,11 +49,9 @@ def main():
                             key.removeprefix("boundary_"): value}
             elif key.startswith("source."):  # a parameter of the synthetic source, e.g. source.figure=0
                 source_params[key.split(".", 1)[1]] = value
-            elif key.startswith("augment."):
-                overrides[key.split(".", 1)[1]] = value
             else:
-                cfg = replace(cfg, **{key: value})
-        cfg = replace(cfg, regime_overrides=tuple(overrides.items()))
+                settings.append(item)
+        cfg = override(cfg, settings)
         name = f"{args.source}-{variant.replace(',', '_').replace('=', '')}"
         started = time.perf_counter()
         result = distill(args.teacher, data, Path(args.out) / name, recipe.student_arch, cfg, candidates=candidates,

@@ -299,8 +299,7 @@ class EpochBoundaryBatches(EpochBatches):
                  device: torch.device, fraction: float, **attack):
         if image_set.labels is None:
             raise UserError("boundary samples every epoch need a labelled set (the teacher's argmax)")
-        if len(image_set) < batch_size:
-            raise UserError(f"image set '{image_set.name}' has {len(image_set)} images, fewer than one batch of {batch_size}")
+        self._check_fills_a_batch(image_set, batch_size)
         if not 0 < fraction <= 1:
             raise UserError(f"fraction must be in (0, 1], got {fraction}")
         self.teacher, self.set, self.seed, self.device = teacher, image_set, seed, device

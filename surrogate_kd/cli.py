@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 
 from . import __version__
-from .config import TrainConfig, from_yaml, override
+from .config import TrainConfig, from_yaml, override, parse_assignments
 from .errors import UserError
 
 
@@ -30,15 +30,7 @@ def _train_config(args, base: TrainConfig) -> TrainConfig:
 
 def _source_params(items: list[str]) -> dict:
     """--param KEY=VALUE items -> a synthetic source's keyword arguments (values read as YAML)."""
-    import yaml
-
-    params = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--param needs KEY=VALUE, got '{item}'")
-        params[key] = yaml.safe_load(raw)
-    return params
+    return dict(parse_assignments(items, "--param"))
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:

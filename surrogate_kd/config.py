@@ -60,30 +60,35 @@ class TrainConfig:
     checkpoint_every: float = 1.0  # epochs between resumable-state saves
 
 
+def parse_assignments(items: list[str], option: str = "--set") -> list[tuple[str, Any]]:
+    """`key=value` strings from the command line (--set, --param) -> (key, value) pairs, values read as YAML."""
+    import yaml
+
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{option} expects KEY=VALUE, got '{item}'")
+        pairs.append((key, yaml.safe_load(raw)))
+    return pairs
+
+
 def override(cfg, assignments: list[str]):
     """Apply `key=value` strings (the CLI's --set) to a frozen dataclass, parsing values as YAML.
 
     For a TrainConfig, `augment.FIELD=VALUE` sets one field of the augmentation regime (it joins
     `regime_overrides`), e.g. `augment.randaugment_n=0`.
     """
-    import yaml
-
     names = {f.name: f for f in fields(cfg)}
     changes, regime_fields = {}, {}
-    for item in assignments:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got '{item}'")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+    for key, value in parse_assignments(assignments):
         if key.startswith("augment.") and "regime_overrides" in names:
             regime_fields[key.removeprefix("augment.")] = value
             continue
         if key not in names:
             hint = "; augment.FIELD for a field of the augmentation regime" if "regime_overrides" in names else ""
             raise UserError(f"unknown setting '{key}'; valid: {', '.join(sorted(names))}{hint}")
-        if isinstance(value, list):
-            value = tuple(value)
-        changes[key] = value
+        changes[key] = tuple(value) if isinstance(value, list) else value
     cfg = replace(cfg, **changes)
     if regime_fields:
         from .augment import get_regime

@@ -94,6 +94,12 @@ class EpochBatches:
     def _epoch_data(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError
 
+    @staticmethod
+    def _check_fills_a_batch(images: ImageSet, batch_size: int) -> None:
+        """Epochs drop their last partial batch (static shapes): a set must hold one whole batch."""
+        if len(images) < batch_size:
+            raise UserError(f"image set '{images.name}' has {len(images)} images, fewer than one batch of {batch_size}")
+
     def batch(self, step: int):
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
@@ -107,8 +113,7 @@ class ArrayBatches(EpochBatches):
     """Shuffled epochs over an in-memory image set (drops the last partial batch: static shapes)."""
 
     def __init__(self, images: ImageSet, batch_size: int, seed: int, device: torch.device):
-        if len(images) < batch_size:
-            raise UserError(f"image set '{images.name}' has {len(images)} images, fewer than one batch of {batch_size}")
+        self._check_fills_a_batch(images, batch_size)
         self.images = images.images.to(device)  # (N, C, H, W) uint8
         self.labels = None if images.labels is None else images.labels.to(device)
         self.batch_size, self.seed, self.device = batch_size, seed, device
