@@ -3,11 +3,14 @@
 A model checkpoint `NAME.safetensors` has `NAME.json` beside it with the architecture, the input
 spec (size, channels, mean/std, class names), the resolved config, the package version and the
 git commit, so a checkpoint explains itself and data can be converted to what the model expects.
+The format is described in docs/checkpoint-format.md.
 """
 
 import json
+import math
 import os
 import subprocess
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -15,8 +18,14 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import InputSpec
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import ImageClassifier, build_model
+
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
+# Far beyond any classifier's input; a typo such as 1e9 must not reach the allocator.
+MAX_INPUT_SIZE = 4096
+SIDECAR_HELP = "docs/checkpoint-format.md"
+_MISSING = object()  # a sidecar field that is absent, told apart from one that is null
 
 
 def git_commit() -> str | None:
@@ -34,11 +43,43 @@ def provenance() -> dict:
     return {"version": __version__, "git_commit": git_commit(), "torch": torch.__version__}
 
 
+# ----------------------------------------------------------------------------------------------
+# Writing: every file goes through atomic_write.
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Have `write(tmp)` fill a temporary file, then rename it to `path`: a reader never sees half a file.
+
+    The temporary name carries the process id, so two runs writing into one directory never
+    rename or truncate each other's half-written file. A failed write leaves nothing behind.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        # Some writers (safetensors' save_file) create 0600 files; ours follow the umask like open().
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process umask. os.umask can only be read by setting it, which would race with other
+    threads creating files, so read it from /proc where there is one."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_model(model: ImageClassifier, path: str | Path, extra: dict | None = None) -> Path:
@@ -46,9 +87,7 @@ def save_model(model: ImageClassifier, path: str | Path, extra: dict | None = No
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
     meta = {"arch": model.arch, "input_spec": _spec_dict(model.spec), **provenance(), **(extra or {})}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
     return path
@@ -59,60 +98,145 @@ def _spec_dict(spec: InputSpec) -> dict:
             "classes": list(spec.classes)}
 
 
-def load_model(path: str | Path, arch: str | None = None, spec: InputSpec | None = None) -> ImageClassifier:
-    """Load a model from our checkpoint (.safetensors + .json), or a plain `.pt`/`.pth` state dict.
+def save_state(path: Path, state: dict) -> None:
+    """Resumable training state (weights, optimizer, step), written atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-    A `.pt`/`.pth` file is read with `torch.load(weights_only=True)` only, so a teacher file can
-    never run code; such a file has no sidecar, so `arch` and `spec` must be given.
+
+# ----------------------------------------------------------------------------------------------
+# Reading: every bad file becomes a one-line UserError naming the file.
+
+
+def load_model(path: str | Path, arch: str | None = None, spec: InputSpec | None = None) -> ImageClassifier:
+    """Load a model from our checkpoint (.safetensors + .json), or a `.pt`/`.pth` state dict with a sidecar.
+
+    `arch` and `spec`, when given, take the place of the sidecar's. A `.pt`/`.pth` file is read with
+    `torch.load(weights_only=True)` only, so a teacher file can never run code.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file not found: {path}")
-    sidecar = path.with_suffix(".json")
-    meta = {}
-    if sidecar.exists():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"corrupt model sidecar {sidecar}: {e}") from None
-    arch = arch or meta.get("arch")
-    if spec is None and "input_spec" in meta:
-        spec = InputSpec.from_dict(meta["input_spec"])
+    if path.suffix not in MODEL_SUFFIXES:
+        raise UserError(f"{path}: unknown model format (expected .safetensors, .pt or .pth)")
     if arch is None or spec is None:
-        raise UserError(f"{path}: no sidecar {sidecar.name} with the architecture and input spec; "
-                        "give --arch and the input spec (--size, --channels, --classes)")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        elif path.suffix in (".pt", ".pth"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-        else:
-            raise UserError(f"{path}: unknown model format (expected .safetensors, .pt or .pth)")
-    except UserError:
-        raise
-    except Exception as e:  # corrupt file, or a pickle that wants to run code
-        raise UserError(f"cannot read model {path}: {str(e).splitlines()[0]}") from None
+        sidecar = path.with_suffix(".json")
+        if not sidecar.exists():
+            raise UserError(f"{path}: no sidecar {sidecar.name} beside it; a checkpoint needs one with "
+                            "`arch` and `input_spec` (size, channels, mean, std, classes), as written by "
+                            f"train-teacher and distill; the format is described in {SIDECAR_HELP}")
+        sidecar_arch, sidecar_spec = read_sidecar(sidecar)
+        arch = sidecar_arch if arch is None else arch
+        spec = sidecar_spec if spec is None else spec
+    state = _read_weights(path)
     model = build_model(arch, spec)
     try:
         model.net.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit architecture '{arch}': {str(e).splitlines()[1].strip()}") from None
+        raise UserError(f"{path}: weights do not fit architecture '{arch}': {_mismatch_detail(e)}") from None
     return model
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Resumable training state (weights, optimizer, step), written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def read_sidecar(sidecar: Path) -> tuple[str, InputSpec]:
+    """The architecture and input spec from a model's JSON sidecar, every field checked.
+
+    A bad value would otherwise surface far away, or not at all: std 0 divides every input by
+    zero and the model quietly predicts one class; size 1e9 asks for an impossible image.
+    """
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read model sidecar {sidecar}: {first_line(e)}") from None
+
+    def refuse(field: str, wanted: str, value=_MISSING) -> UserError:
+        problem = "is missing" if value is _MISSING else f"is {_clip(json.dumps(value))}"
+        return UserError(f"model sidecar {sidecar}: {field} {problem}; it must be {wanted} (see {SIDECAR_HELP})")
+
+    if not isinstance(meta, dict):
+        raise refuse("the whole file", "a JSON object with `arch` and `input_spec`", meta)
+    arch = meta.get("arch", _MISSING)
+    if not (isinstance(arch, str) and arch.strip()):
+        raise refuse("arch", "a model name such as 'resnet18' or 'torchvision:resnet18'", arch)
+    spec = meta.get("input_spec", _MISSING)
+    if not isinstance(spec, dict):
+        raise refuse("input_spec", "an object with size, channels, mean, std and classes", spec)
+    size = spec.get("size", _MISSING)
+    if not (_is_integer(size) and 1 <= size <= MAX_INPUT_SIZE):
+        raise refuse("input_spec.size", f"an integer in 1..{MAX_INPUT_SIZE} (pixels per side)", size)
+    channels = spec.get("channels", _MISSING)
+    if not (_is_integer(channels) and channels in (1, 3)):
+        raise refuse("input_spec.channels", "1 (gray) or 3 (RGB)", channels)
+    per_channel = f"a list of {channels} number{'s' if channels > 1 else ''}, one per channel"
+    mean = spec.get("mean", _MISSING)
+    if not _is_number_list(mean, channels):
+        raise refuse("input_spec.mean", per_channel, mean)
+    std = spec.get("std", _MISSING)
+    if not (_is_number_list(std, channels) and all(s > 0 for s in std)):
+        raise refuse("input_spec.std", f"{per_channel}, each > 0 (inputs are divided by it)", std)
+    classes = spec.get("classes", _MISSING)
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise refuse("input_spec.classes", "a list of at least 2 class names (strings)", classes)
+    return arch, InputSpec(size, channels, tuple(map(float, mean)), tuple(map(float, std)), tuple(classes))
+
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number_list(value, length: int) -> bool:
+    # JSON true/false are ints to Python, and Python's json reads NaN and Infinity: none is a statistic.
+    return isinstance(value, list) and len(value) == length and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Keep a quoted value or library message to a readable part of one line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_weights(path: Path) -> Mapping:
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            # weights_only: a .pt is a pickle, and a plain pickle may run any code while loading.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated or foreign file, or a pickle that wants to run code
+        raise UserError(f"cannot read model {path}: {_why_unreadable(path, e)}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]  # a training checkpoint {"state_dict": ..., "epoch": ...}
+    if not isinstance(state, Mapping):
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict (parameter names -> tensors)")
+    return state
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    # An empty file is what an interrupted copy or a full disk leaves; the library's own message
+    # for it is empty (torch) or cryptic (safetensors: "header too small").
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    return _clip(first_line(error))
+
+
+def _mismatch_detail(error: RuntimeError) -> str:
+    """The first concrete problem of a load_state_dict error.
+
+    Its first line is a header ("Error(s) in loading state_dict for X:"); the problems (missing
+    keys, size mismatches) follow, one per line.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return _clip(lines[1] if len(lines) > 1 else first_line(error))
 
 
 def load_state(path: Path) -> dict | None:
+    """The state `save_state` wrote, or None when there is none yet."""
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot resume from {path}: {str(e).splitlines()[0]} (delete it to start over)") from None
+        raise UserError(f"cannot resume from {path}: {_why_unreadable(path, e)} (delete it to start over)") from None
+    if not isinstance(state, dict):
+        raise UserError(f"cannot resume from {path}: it holds a {type(state).__name__}, not a training state "
+                        "(delete it to start over)")
+    return state
