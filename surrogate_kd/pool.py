@@ -104,6 +104,13 @@ def _claim_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"pool output {out} is a non-empty directory that is not a pool; refusing to replace it")
 
 
+def _umask() -> int:
+    """The process umask; reading it means setting it, so it is put straight back."""
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
 def _move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished staging directory to `out`, replacing an old pool there."""
     if out.is_dir() and any(out.iterdir()):
@@ -137,6 +144,9 @@ def write_pool(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        # mkdtemp makes a private 0700 directory; once renamed into place, the pool should be
+        # shared like any directory `mkdir` makes (files written with open() follow the umask).
+        staging.chmod(0o777 & ~_umask())
     except OSError as error:
         raise UserError(f"cannot write a pool at {out}: {error.strerror or error}") from None
     writer = _ShardWriter(staging, shard_size)
@@ -203,9 +213,25 @@ class Pool:
         self.labels = self._load_optional("labels", np.int64, (len(self),))
         self.logits = self._load_optional("logits", np.float32, None)
 
+    def _member(self, name, what: str) -> Path:
+        """The file a manifest names, which must lie inside the pool: a crafted manifest must not
+        make us read (or a later tool delete) '../../x.npy', '/etc/x' or a symlink out."""
+        if not isinstance(name, str) or not name:
+            raise UserError(f"corrupt pool at {self.path}: {what} {name!r} is not a file name")
+        path = self.path / name
+        # Both separators count: a pool written on Windows must not reach outside either.
+        escapes = name in (".", "..") or any(separator in name for separator in "/\\")
+        try:
+            escapes = escapes or not path.resolve().is_relative_to(self.path.resolve())  # follows symlinks
+        except (OSError, RuntimeError) as error:  # a symlink loop
+            raise UserError(f"corrupt pool at {self.path}: cannot resolve {what} {name!r}: {error}") from None
+        if escapes:
+            raise UserError(f"corrupt pool at {self.path}: {what} {name!r} is outside the pool")
+        return path
+
     def _open_shard(self, name: str, count: int) -> np.ndarray:
         try:
-            shard = np.load(self.path / name, mmap_mode="r")
+            shard = np.load(self._member(name, "shard"), mmap_mode="r")
         except (OSError, ValueError) as error:
             raise UserError(f"corrupt pool at {self.path}: cannot read shard {name}: {error}") from None
         expected = (count, self.size, self.size, self.channels)
@@ -218,7 +244,7 @@ class Pool:
         if not self.manifest.get(name):
             return None
         try:
-            array = np.load(self.path / self.manifest[name])
+            array = np.load(self._member(self.manifest[name], name))
         except (OSError, ValueError) as error:
             raise UserError(f"corrupt pool at {self.path}: cannot read {name}: {error}") from None
         if array.dtype != dtype or len(array) != len(self) or (shape is not None and array.shape != shape):
@@ -248,7 +274,10 @@ class Pool:
         return _to_tensor(np.concatenate(parts) if len(parts) != 1 else parts[0])
 
     def gather(self, indices: Tensor) -> Tensor:
-        """uint8 (n, C, H, W) of the images at indices (n,), in that order."""
+        """uint8 (n, C, H, W) of the images at indices (n,), in that order.
+
+        Only tests call it today; it stays for the memory-mapped reader that will draw random
+        batches straight from the shards instead of loading a whole pool."""
         indices = torch.as_tensor(indices, dtype=torch.int64).cpu().numpy()
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"indices outside a pool of {len(self)} images")

@@ -1,6 +1,7 @@
 """Pools on disk: round trips across shards, plain-numpy readability, atomic writes, errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -29,8 +30,16 @@ def test_round_trip_across_shards(tmp_path, images):
     assert torch.equal(pool.images(0, 30), images)
     assert torch.equal(pool.images(5, 16), images[5:16])  # spans three shards
     assert pool.images(3, 3).shape == (0, 3, 8, 8)
-    order = torch.tensor([29, 0, 13, 13, 6, 7])
+
+
+def test_gather_returns_the_asked_images_in_the_asked_order(tmp_path, images):
+    pool = Pool(write_pool(tmp_path / "pool", _batches(images, 4), {}, shard_size=7))
+    order = torch.tensor([29, 0, 13, 13, 6, 7, 21])  # out of order, repeated, across all five shards
     assert torch.equal(pool.gather(order), images[order])
+    assert torch.equal(pool.gather([28, 1]), images[[28, 1]])  # a plain list works too
+    assert pool.gather(torch.tensor([], dtype=torch.int64)).shape == (0, 3, 8, 8)
+    with pytest.raises(IndexError):
+        pool.gather(torch.tensor([3, -1]))
 
 
 def test_shards_are_plain_numpy(tmp_path, images):
@@ -178,3 +187,44 @@ def test_cli_passes_source_parameters_and_rejects_bad_ones(tmp_path, capsys):
     assert main(["synthesize", "shaders", "--count", "6", "--param", "colour=2", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no parameter colour" in err and not (tmp_path / "bad").exists()
+
+
+def _point_manifest_at(path, **fields) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    (path / MANIFEST).write_text(json.dumps({**manifest, **fields}))
+
+
+@pytest.mark.parametrize(
+    "name", ["../x.npy", "../../x.npy", "/etc/x.npy", "sub/images-00000.npy", "..\\x.npy", "..", "escape.npy"]
+)
+def test_manifest_files_must_lie_inside_the_pool(tmp_path, images, name):
+    path = write_pool(tmp_path / "pool", _batches(images, 8), {}, shard_size=30, labels=torch.zeros(30))
+    outside = tmp_path / "x.npy"
+    np.save(outside, images.permute(0, 2, 3, 1).numpy())  # a readable array the reader must not open
+    (path / "escape.npy").symlink_to(outside)
+    shards = [{"file": name, "count": 30}]
+    _point_manifest_at(path, shards=shards)
+    with pytest.raises(UserError, match="corrupt pool at .*pool: shard '.*' is outside the pool"):
+        Pool(path)
+    _point_manifest_at(path, shards=[{"file": "images-00000.npy", "count": 30}], labels=name)
+    with pytest.raises(UserError, match="corrupt pool at .*pool: labels '.*' is outside the pool"):
+        Pool(path)
+
+
+def test_symlinks_inside_the_pool_are_fine(tmp_path, images):
+    path = write_pool(tmp_path / "pool", _batches(images, 8), {}, shard_size=30)
+    os.replace(path / "images-00000.npy", path / "stored.npy")
+    (path / "images-00000.npy").symlink_to("stored.npy")
+    assert torch.equal(Pool(path).images(0, 30), images)
+
+
+def test_pool_modes_follow_the_umask(tmp_path, images):
+    old = os.umask(0o022)
+    try:
+        path = synthesize("noise", 4, 8, tmp_path / "pool", shard_size=3)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()} == {
+        name: 0o644 for name in ("manifest.json", "images-00000.npy", "images-00001.npy", "grid.png")
+    }
