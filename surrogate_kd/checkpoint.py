@@ -8,9 +8,8 @@ The format is described in docs/checkpoint-format.md.
 
 import json
 import math
-import os
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import InputSpec
 from .errors import UserError, first_line
+from .files import atomic_write, atomic_write_text
 from .models import ImageClassifier, build_model
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -44,42 +44,7 @@ def provenance() -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing: every file goes through atomic_write.
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Have `write(tmp)` fill a temporary file, then rename it to `path`: a reader never sees half a file.
-
-    The temporary name carries the process id, so two runs writing into one directory never
-    rename or truncate each other's half-written file. A failed write leaves nothing behind.
-    """
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        # Some writers (safetensors' save_file) create 0600 files; ours follow the umask like open().
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask. os.umask can only be read by setting it, which would race with other
-    threads creating files, so read it from /proc where there is one."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+# Writing: every file goes through files.atomic_write.
 
 
 def save_model(model: ImageClassifier, path: str | Path, extra: dict | None = None) -> Path:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .files import umask
 
 FORMAT = "surrogate-kd-pool"
 VERSION = 1
@@ -104,13 +105,6 @@ def _claim_output(out: Path, overwrite: bool) -> None:
         raise UserError(f"pool output {out} is a non-empty directory that is not a pool; refusing to replace it")
 
 
-def _umask() -> int:
-    """The process umask; reading it means setting it, so it is put straight back."""
-    old = os.umask(0)
-    os.umask(old)
-    return old
-
-
 def _move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished staging directory to `out`, replacing an old pool there."""
     if out.is_dir() and any(out.iterdir()):
@@ -146,7 +140,7 @@ def write_pool(
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         # mkdtemp makes a private 0700 directory; once renamed into place, the pool should be
         # shared like any directory `mkdir` makes (files written with open() follow the umask).
-        staging.chmod(0o777 & ~_umask())
+        staging.chmod(0o777 & ~umask())
     except OSError as error:
         raise UserError(f"cannot write a pool at {out}: {error.strerror or error}") from None
     writer = _ShardWriter(staging, shard_size)
