@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import luminance
 from .errors import UserError
 
 CACHE_DIR = Path(os.environ.get("SURROGATE_KD_CACHE", Path.home() / ".cache" / "surrogate-kd"))
@@ -69,11 +70,10 @@ def convert_images(images: torch.Tensor, size: int, channels: int, chunk: int = 
     if images.shape[1] == channels and images.shape[-2:] == (size, size):
         return images
     out = torch.empty((images.shape[0], channels, size, size), dtype=torch.uint8)
-    luminance = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     for start in range(0, images.shape[0], chunk):
         x = images[start:start + chunk].float()
         if x.shape[1] == 3 and channels == 1:
-            x = (x * luminance).sum(1, keepdim=True)
+            x = luminance(x)
         elif x.shape[1] == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (size, size):

@@ -12,6 +12,7 @@ from surrogate_kd.augment import (
     REGIMES,
     Regime,
     _per_sample,
+    apply_grouped,
     apply_op,
     apply_ops,
     augment,
@@ -22,6 +23,7 @@ from surrogate_kd.augment import (
     erase,
     flip_crop,
     get_regime,
+    luminance,
     mixup,
     op_magnitudes,
 )
@@ -228,13 +230,51 @@ def test_ops_apply_per_image():
         torch.testing.assert_close(ours[b : b + 1], alone, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", list(REGIMES))
+# The regimes that group images by the op they drew (RandAugment ops, elastic): `none` never groups.
+GROUPING_REGIMES = [name for name, regime in REGIMES.items() if regime.randaugment_n > 0 or regime.elastic_p > 0]
+
+
+@pytest.mark.parametrize("name", GROUPING_REGIMES)
 def test_gather_and_where_strategies_agree(name, monkeypatch):
     images = _images(3).repeat(4, 1, 1, 1)
     gathered = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
     monkeypatch.setattr(_per_sample, "SORT_BY_GROUP_ON", set())  # the accelerator path: whole batch + torch.where
     selected = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
     torch.testing.assert_close(selected, gathered, rtol=0, atol=1e-6)
+    assert not torch.equal(gathered, _float(images))
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_apply_grouped_runs_each_rows_own_function(sort):
+    g = torch.Generator().manual_seed(0)
+    x, y, scale = torch.rand(40, 3, generator=g), torch.rand(40, 3, generator=g), torch.rand(40, 1, generator=g)
+    group = torch.randint(0, 4, (40,), generator=g)
+    group[:3] = torch.tensor([0, 1, 3])  # every group present; group 2 has no function
+    fns = {
+        0: lambda x, y, s: (x + y, y),
+        1: lambda x, y, s: (x * s, y - s),
+        3: lambda x, y, s: (y, x),
+    }
+    new_x, new_y = apply_grouped(group, fns, x, y, scale, outputs=2, sort=sort)
+    for b in range(40):
+        row = (x[b : b + 1], y[b : b + 1], scale[b : b + 1])
+        expected = fns[int(group[b])](*row) if int(group[b]) in fns else row[:2]
+        torch.testing.assert_close((new_x[b : b + 1], new_y[b : b + 1]), expected, rtol=0, atol=0)
+    single = apply_grouped(group, {1: lambda x, s: x * s}, x, scale, sort=sort)  # one output: a tensor
+    torch.testing.assert_close(single, torch.where(group[:, None] == 1, x * scale, x), rtol=0, atol=0)
+    torch.testing.assert_close(apply_grouped(torch.zeros_like(group), {1: lambda x: x + 1}, x, sort=sort), x)
+
+
+def test_luminance_is_pils_gray():
+    import numpy as np
+    from PIL import Image
+
+    rgb = torch.randint(0, 256, (1, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    pil = Image.fromarray(rgb[0].permute(1, 2, 0).numpy()).convert("L")
+    ours = luminance(rgb.float())[0, 0]
+    assert (ours - torch.tensor(np.asarray(pil), dtype=torch.float32)).abs().max() <= 0.5
+    batch = torch.rand(17, 3, 5, 5)
+    assert torch.equal(luminance(batch)[3:4], luminance(batch[3:4]))  # per image, whatever the batch
 
 
 def test_determinism_under_a_seed():
@@ -278,7 +318,7 @@ def test_mixup_is_a_convex_combination_with_the_drawn_lambda(per_sample):
 
 
 def test_unknown_regime_lists_the_valid_ones():
-    with pytest.raises(UserError, match="none, standard, high, extreme"):
+    with pytest.raises(UserError, match="unknown augmentation regime 'strong'; valid: extreme, high, none, standard"):
         get_regime("strong")
 
 
@@ -290,10 +330,31 @@ def test_unknown_op_lists_the_valid_ones():
 def test_regime_overrides_are_typed_and_checked():
     regime = get_regime("high", randaugment_n="2", invert_p="0.25")  # as they come from --set on the command line
     assert regime.randaugment_n == 2 and regime.invert_p == 0.25 and regime.elastic_p == 0.5
+    yaml_values = get_regime("high", randaugment_n=3.0, randaugment_m=9)  # as YAML reads `3.0` and `9`
+    assert yaml_values.randaugment_n == 3 and isinstance(yaml_values.randaugment_n, int)
+    assert yaml_values.randaugment_m == 9.0 and isinstance(yaml_values.randaugment_m, float)
     with pytest.raises(UserError, match="randaugment_n, randaugment_m, flip_p"):
         get_regime("high", rand_n=2)
     with pytest.raises(UserError, match=r"flip_p must be in \[0, 1\]"):
         get_regime("high", flip_p=1.5)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"invert_p": "abc"}, "augmentation invert_p must be a number, got 'abc'"),
+        ({"invert_p": True}, "augmentation invert_p must be a number, got True"),
+        ({"elastic_alpha": None}, "augmentation elastic_alpha must be a number, got None"),
+        ({"randaugment_m": [1, 2]}, "augmentation randaugment_m must be a number, got [1, 2]"),
+        ({"randaugment_m": "nan"}, "augmentation randaugment_m must be a number, got 'nan'"),
+        ({"randaugment_n": "2.5"}, "augmentation randaugment_n must be an integer, got '2.5'"),
+        ({"crop_padding": False}, "augmentation crop_padding must be an integer, got False"),
+    ],
+)
+def test_bad_regime_values_are_one_line_user_errors(override, message):
+    with pytest.raises(UserError) as error:
+        get_regime("standard", **override)
+    assert str(error.value) == message
 
 
 def test_presets_follow_the_paper():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from surrogate_kd.errors import UserError
-from surrogate_kd.sources import SOURCES, is_simple, luminance, render, stream
+from surrogate_kd.sources import SOURCES, is_simple, luminance, render
 from surrogate_kd.sources import leaves as leaves_module
 from surrogate_kd.sources.rng import Draws, mix64
 
@@ -47,12 +47,6 @@ def test_seeds_and_indices_differ(name):
     flat = a.flatten(1).float()
     distinct = torch.cdist(flat, flat) > 0
     assert distinct.sum() == 16 * 15  # every pair of images in a batch differs
-
-
-def test_stream_is_consecutive_batches(name):
-    batches = stream(name, 3, 5, 8, 1)
-    first, second = next(batches), next(batches)
-    assert torch.equal(torch.cat([first, second]), render(name, 3, 0, 10, 8, 1))
 
 
 def test_shaders_carry_structure():
@@ -256,13 +250,28 @@ def test_draws_are_uniform_and_normal():
         (lambda: render("leaves", 0, 0, 1, 8, max_rounds=0), "max_rounds >= 1"),
         (lambda: render("shaders", 0, 0, 1, 8, layers=0), "layers >= 1"),
         (lambda: render("shaders", 0, 0, 1, 8, figure=1.5), "0 <= figure <= 1"),
-        (lambda: stream("noise", 0, 0, 8, 3), "batch size"),
+        (lambda: render("leaves", 0, 0, 1, 8, min_radius="abc"),
+         "source 'leaves' parameter min_radius must be a number, got 'abc'"),
+        (lambda: render("leaves", 0, 0, 1, 8, shapes=2.5), "parameter shapes must be an integer, got 2.5"),
+        (lambda: render("leaves", 0, 0, 1, 8, max_rounds=True), "parameter max_rounds must be an integer, got True"),
+        (lambda: render("shaders", 0, 0, 1, 8, figure=None), "parameter figure must be a number, got None"),
+        (lambda: render("shaders", 0, 0, 1, 8, min_std=False), "parameter min_std must be a number, got False"),
+        (lambda: render("noise", 0, 0, 1, 8, mean="grey"), "mean must be a number or a list of numbers, got 'grey'"),
+        (lambda: render("noise", 0, 0, 1, 8, std=[0.1, "x", 0.2]), "std must be a number or a list of numbers"),
+        (lambda: render("photos", 0, 0, 1, 8, min_scale=[0.5]), "parameter min_scale must be a number, got [0.5]"),
     ],
 )
 def test_bad_arguments_are_one_line_user_errors(call, message):
     with pytest.raises(UserError) as error:
         call()
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_parameters_of_the_declared_types_are_accepted():
+    # As YAML reads them from --param: ints where floats are declared, lists for per-channel values.
+    assert render("leaves", 0, 0, 2, 8, shapes=20, min_radius=1, max_radius=1, exponent=2).shape == (2, 3, 8, 8)
+    assert render("noise", 0, 0, 2, 8, mean=[0, 0.5, 1], std=(0.1,)).shape == (2, 3, 8, 8)
+    assert torch.equal(render("shaders", 0, 0, 2, 8, figure=1), render("shaders", 0, 0, 2, 8, figure=1.0))
 
 
 @pytest.mark.gpu

@@ -6,10 +6,11 @@ Every image in a batch draws its own ops and magnitudes from the caller's genera
 whole batch is transformed at once (per-image warp matrices, masks, gathers): no Python loop
 over images.
 
-    regimes.py      Regime, REGIMES, get_regime, augment(), mixup(), augment_preview()
+    regimes.py      Regime, the REGIMES registry, get_regime, augment(), mixup(), augment_preview()
     randaugment.py  torchvision's RandAugment ops and magnitudes, one op per image per draw
     spatial.py      flip + padded crop, elastic, erasing
-    _per_sample.py  draws from the generator; applying an op to the images that chose it
+    _per_sample.py  draws from the generator; `apply_grouped`: each image through the op it chose
+                    (the sources' per-image programs use it too); `luminance`
 
 The kernels (`apply_ops`, `flip_crop`, `elastic`, `erase`) take explicit per-image parameters,
 like `torchvision.transforms.v2.functional`, and follow its semantics; `augment` draws the
@@ -17,12 +18,13 @@ parameters and calls them. Images stay float in [0, 1] between ops instead of to
 uint8, so results differ from it by rounding only (about one grey level); see docs/augmentation.md.
 """
 
+from ._per_sample import apply_grouped, luminance
 from .randaugment import MAX_MAGNITUDE, RANDAUGMENT_OPS, apply_op, apply_ops, draw_ops, op_magnitudes
 from .regimes import REGIMES, Regime, augment, augment_preview, get_regime, mixup
 from .spatial import elastic, elastic_displacement, erase, flip_crop
 
 __all__ = [
-    "MAX_MAGNITUDE", "RANDAUGMENT_OPS", "REGIMES", "Regime", "apply_op", "apply_ops", "augment",
-    "augment_preview", "draw_ops", "elastic", "elastic_displacement", "erase", "flip_crop",
-    "get_regime", "mixup", "op_magnitudes",
+    "MAX_MAGNITUDE", "RANDAUGMENT_OPS", "REGIMES", "Regime", "apply_grouped", "apply_op", "apply_ops",
+    "augment", "augment_preview", "draw_ops", "elastic", "elastic_displacement", "erase", "flip_crop",
+    "get_regime", "luminance", "mixup", "op_magnitudes",
 ]  # fmt: skip

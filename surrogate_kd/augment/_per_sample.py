@@ -1,8 +1,12 @@
-"""Per-sample randomness and selection shared by the augmentation kernels."""
+"""Helpers on batches shared by the augmentation kernels and the sources.
+
+Per-image draws from a generator, applying to each image the op it chose (`apply_grouped`, also
+the sources' per-image programs), luminance, pixel centres.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -18,31 +22,64 @@ def randint(generator: torch.Generator, high: int, shape: tuple[int, ...], devic
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
 
-SORT_BY_GROUP_ON = {"cpu"}  # device types where apply_grouped sorts; the tests empty it to check the other path
+# Device types where apply_grouped sorts by default; the tests empty it to check the other path.
+SORT_BY_GROUP_ON = {"cpu"}
+
+Fn = Callable[..., Tensor | tuple[Tensor, ...]]
 
 
-def apply_grouped(x: Tensor, group: Tensor, fns: dict[int, Callable[..., Tensor]], *per_image: Tensor) -> Tensor:
-    """x (B, C, H, W) with `fns[g](images, *per_image)` applied to the images whose group (B,) is g.
+def apply_grouped(
+    group: Tensor, fns: Mapping[int, Fn], *inputs: Tensor, outputs: int = 1, sort: bool | None = None
+) -> Tensor | tuple[Tensor, ...]:
+    """Row b of the result is `fns[group[b]]` applied to row b of the inputs, for every b: one call per function.
 
-    Images in a group without a function are unchanged. On CPU the batch is sorted by group once
-    and each function runs on its contiguous slice: its cost follows the number of images that
-    chose it, for a fixed handful of calls per batch. On an accelerator each function runs on the
-    whole batch and `torch.where` picks: no host sync, no data-dependent shapes (CUDA-graph
-    friendly), and kernels that small are launch-bound anyway.
+    group: (B,) int64; inputs: (B, ...) each. Each function takes all the inputs and returns new
+    values for the first `outputs` of them (a tensor, or a tuple when `outputs` > 1), shaped and
+    typed like them; rows whose group has no function keep those inputs unchanged.
+
+    Sorting (`sort=True`; by default on CPU): the batch is sorted by group once and each function
+    runs on its contiguous slice, so its cost follows the number of rows that chose it, for a fixed
+    handful of calls and one host sync per batch. Otherwise each function runs on the whole batch
+    and `torch.where` picks: no host sync, no data-dependent shapes (CUDA-graph friendly), and
+    kernels that small are launch-bound anyway. The functions must treat rows independently.
     """
-    if x.device.type not in SORT_BY_GROUP_ON:
+    if sort is None:
+        sort = group.device.type in SORT_BY_GROUP_ON
+    if not sort:
+        results = list(inputs[:outputs])
         for g, fn in fns.items():
-            x = torch.where((group == g)[:, None, None, None], fn(x, *per_image), x)
-        return x
-    order = torch.argsort(group, stable=True)  # (B,) images grouped, each group contiguous
-    sorted_x = x.index_select(0, order)
-    sorted_params = [p.index_select(0, order) for p in per_image]
+            chosen = group == g  # (B,)
+            for j, new in enumerate(_as_tuple(fn(*inputs))):
+                results[j] = torch.where(chosen.view(-1, *[1] * (new.dim() - 1)), new, results[j])
+        return results[0] if outputs == 1 else tuple(results)
+    order = torch.argsort(group, stable=True)  # (B,) rows grouped, each group contiguous, in batch order
+    sorted_inputs = [t.index_select(0, order) for t in inputs]  # copies: the first `outputs` take the results
     ends = torch.bincount(group, minlength=max(fns) + 1).cumsum(0).tolist()
     for g, fn in fns.items():
         rows = slice(ends[g - 1] if g > 0 else 0, ends[g])
         if rows.stop > rows.start:
-            sorted_x[rows] = fn(sorted_x[rows], *(p[rows] for p in sorted_params))
-    return torch.empty_like(x).index_copy_(0, order, sorted_x)
+            new = _as_tuple(fn(*(t[rows] for t in sorted_inputs)))
+            if outputs > 1:  # a result may view an input that an earlier result overwrites: copy those first
+                written = {t.untyped_storage().data_ptr() for t in sorted_inputs[:outputs]}
+                new = [v.clone() if v.untyped_storage().data_ptr() in written else v for v in new]
+            for result, value in zip(sorted_inputs, new):
+                result[rows] = value
+    results = tuple(torch.empty_like(t).index_copy_(0, order, t) for t in sorted_inputs[:outputs])
+    return results[0] if outputs == 1 else results
+
+
+def _as_tuple(values: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return (values,) if isinstance(values, Tensor) else values
+
+
+def luminance(rgb: Tensor) -> Tensor:
+    """(N, 3, H, W) float -> (N, 1, H, W) float luma, ITU-R BT.601 weights (PIL's "L" conversion).
+
+    Elementwise sums, not a matmul or a reduction: the result must not depend on the batch's size
+    (sources rely on it: an image is the same bytes whatever batch renders it).
+    """
+    red, green, blue = rgb.unbind(1)
+    return (0.299 * red + 0.587 * green + 0.114 * blue).unsqueeze(1)
 
 
 def pixel_centres(n: int, device: torch.device) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ._per_sample import apply_grouped, pixel_centres, randint, uniform
+from ._per_sample import apply_grouped, luminance, pixel_centres, randint, uniform
 
 # torchvision's RandAugment ops, in its order (`RandAugment._augmentation_space`).
 RANDAUGMENT_OPS = (
@@ -65,7 +65,7 @@ def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor) -> Tensor:
     is_warp = torch.isin(op_index, op_index.new_tensor([_OP_ID[name] for name in _WARPS]))
     group = torch.where(is_warp, _OP_ID[_WARPS[0]], op_index)  # (B,) all warps in one group
     fns = {_OP_ID[_WARPS[0]]: _warp} | {_OP_ID[name]: _ignore_op_index(op) for name, op in _PIXEL_OPS.items()}
-    return apply_grouped(x, group, fns, op_index, magnitude)
+    return apply_grouped(group, fns, x, op_index, magnitude)
 
 
 def _ignore_op_index(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -129,10 +129,8 @@ def _affine_grid(matrix: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _grayscale(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, 1, H, W) luma with torchvision's weights; a grey image is its own."""
-    if x.shape[1] == 1:
-        return x
-    return (x * x.new_tensor([0.2989, 0.587, 0.114])[:, None, None]).sum(dim=1, keepdim=True)
+    """(B, C, H, W) -> (B, 1, H, W) luma; a grey image is its own."""
+    return x if x.shape[1] == 1 else luminance(x)
 
 
 def _smoothed(x: Tensor) -> Tensor:

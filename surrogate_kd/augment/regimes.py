@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..registry import REGIMES
 from ._per_sample import apply_grouped, randint, uniform
 from .randaugment import apply_ops, draw_ops
 from .spatial import draw_erasing_boxes, elastic, elastic_displacement, erase, flip_crop
@@ -39,30 +40,39 @@ class Regime:
                 raise UserError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
 
 
-_STANDARD = Regime(randaugment_n=2, randaugment_m=14, flip_p=0.5, crop_padding=4)
-_HIGH = dataclasses.replace(_STANDARD, randaugment_n=4, elastic_p=0.5, invert_p=0.1)
-REGIMES: dict[str, Regime] = {
-    "none": Regime(),
-    "standard": _STANDARD,
-    "high": _HIGH,
-    # m=30 is the top of torchvision's scale, i.e. every op at its maximum; p=0.5 is RandomErasing's default.
-    "extreme": dataclasses.replace(_HIGH, randaugment_n=8, randaugment_m=30, erasing_p=0.5),
-}
+REGIMES.register("none", Regime())
+_STANDARD = REGIMES.register("standard", Regime(randaugment_n=2, randaugment_m=14, flip_p=0.5, crop_padding=4))
+_HIGH = REGIMES.register("high", dataclasses.replace(_STANDARD, randaugment_n=4, elastic_p=0.5, invert_p=0.1))
+# m=30 is the top of torchvision's scale, i.e. every op at its maximum; p=0.5 is RandomErasing's default.
+REGIMES.register("extreme", dataclasses.replace(_HIGH, randaugment_n=8, randaugment_m=30, erasing_p=0.5))
 
 
 def get_regime(name: str, **overrides) -> Regime:
     """A named regime with some fields replaced; values may be strings (from the command line)."""
-    if name not in REGIMES:
-        raise UserError(f"unknown augmentation regime '{name}'; valid: {', '.join(REGIMES)}")
+    regime = REGIMES.get(name)
     field_types = {f.name: f.type for f in dataclasses.fields(Regime)}  # 'int' / 'float' (postponed annotations)
     unknown = sorted(set(overrides) - set(field_types))
     if unknown:
         raise UserError(f"unknown augmentation field(s) {', '.join(unknown)}; valid: {', '.join(field_types)}")
-    try:
-        values = {k: {"int": int, "float": float}[field_types[k]](v) for k, v in overrides.items()}
-    except ValueError as e:
-        raise UserError(f"bad augmentation override {overrides}: {e}") from None
-    return dataclasses.replace(REGIMES[name], **values)
+    return dataclasses.replace(regime, **{k: _field_value(k, field_types[k], v) for k, v in overrides.items()})
+
+
+def _field_value(field: str, kind: str, value) -> int | float:
+    """A command-line or YAML value for a Regime field of type `kind` ('int' or 'float'), else UserError.
+
+    Strings are parsed ("2", "0.25"); booleans are refused although Python counts them as numbers
+    (`invert_p=true` is a mistake, not 1.0), and so are fractions for integer fields.
+    """
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+    if number is None or not math.isfinite(number) or (kind == "int" and not number.is_integer()):
+        what = "an integer" if kind == "int" else "a number"
+        raise UserError(f"augmentation {field} must be {what}, got {value!r}")
+    return int(number) if kind == "int" else number
 
 
 def augment(images: Tensor, regime: Regime, generator: torch.Generator) -> Tensor:
@@ -90,7 +100,7 @@ def augment(images: Tensor, regime: Regime, generator: torch.Generator) -> Tenso
         def warp(images: Tensor, noise: Tensor) -> Tensor:
             return elastic(images, elastic_displacement(noise, regime.elastic_alpha, regime.elastic_sigma))
 
-        x = apply_grouped(x, chosen.long(), {1: warp}, noise)
+        x = apply_grouped(chosen.long(), {1: warp}, x, noise)
     if regime.invert_p > 0:
         chosen = uniform(generator, (batch,), device) < regime.invert_p
         x = torch.where(chosen[:, None, None, None], 1.0 - x, x)

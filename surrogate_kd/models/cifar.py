@@ -4,9 +4,10 @@ These follow the standard CIFAR variants used throughout the KD literature (and 
 Tables 1-7), so a 32x32 (or 28x28) input keeps enough spatial resolution through the net.
 """
 
-import torch
 from torch import nn
 import torch.nn.functional as F
+
+from ..registry import MODELS
 
 
 class BasicBlock(nn.Module):
@@ -78,6 +79,27 @@ class CifarResNet(nn.Module):
         return self.fc(self.features(x))
 
 
+@MODELS.register("resnet18")
+def resnet18(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+
+
+@MODELS.register("resnet34")
+def resnet34(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels)
+
+
+@MODELS.register("resnet50")
+def resnet50(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)
+
+
+@MODELS.register("resnet_mini")
+def resnet_mini(num_classes: int, in_channels: int = 3) -> CifarResNet:
+    """A 0.3M-parameter ResNet for CPU-scale work (the demo)."""
+    return CifarResNet(BasicBlock, (1, 1, 1), num_classes, in_channels, widths=(32, 64, 128))
+
+
 class WideBlock(nn.Module):
     """Pre-activation wide-ResNet block (Zagoruyko & Komodakis)."""
 
@@ -122,6 +144,11 @@ class WideResNet(nn.Module):
         return self.fc(self.features(x))
 
 
+@MODELS.register("wrn40_2")
+def wrn40_2(num_classes: int, in_channels: int = 3) -> WideResNet:
+    return WideResNet(40, 2, num_classes, in_channels)
+
+
 class InvertedResidual(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, expand: int):
         super().__init__()
@@ -164,3 +191,6 @@ class CifarMobileNetV2(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x))
+
+
+MODELS.register("mobilenetv2", CifarMobileNetV2)

@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from ..registry import MODELS
+
 
 def conv_bn(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
@@ -26,6 +28,9 @@ class ToyMNISTNet(nn.Module):
         return self.fc(self.features(x))
 
 
+MODELS.register("toy_mnist", ToyMNISTNet)
+
+
 class PlainConvNet(nn.Module):
     """A VGG-like net: stages of (conv-bn-relu) x depth, each stage halving resolution.
 
@@ -48,3 +53,19 @@ class PlainConvNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x))
+
+
+# Compact plain convnets for the CPU demo: 288k, 163k and 73k parameters.
+@MODELS.register("convnet_small")
+def convnet_small(num_classes: int, in_channels: int = 1) -> PlainConvNet:
+    return PlainConvNet(num_classes, in_channels, widths=(32, 64, 128), depth=2)
+
+
+@MODELS.register("convnet_24")
+def convnet_24(num_classes: int, in_channels: int = 1) -> PlainConvNet:
+    return PlainConvNet(num_classes, in_channels, widths=(24, 48, 96), depth=2)
+
+
+@MODELS.register("convnet_tiny")
+def convnet_tiny(num_classes: int, in_channels: int = 1) -> PlainConvNet:
+    return PlainConvNet(num_classes, in_channels, widths=(16, 32, 64), depth=2)

@@ -1,49 +1,39 @@
 """Image sources by name: unbounded, seeded streams of uint8 images.
 
-A source is a plain function registered in `SOURCES`:
+A source is a plain function registered in `SOURCES` beside its definition (one module each):
 
     fn(seed, indices, size, channels, device, **params) -> uint8 (N, channels, size, size)
 
 Image i is a pure function of (seed, i) and the parameters: byte-identical on CPU whatever
-batch renders it (see rng.py), the same distribution on CUDA. `render` and `stream` are the
-entry points; they check arguments and bound memory by rendering in chunks.
+batch renders it (see rng.py), the same distribution on CUDA. `render` is the entry point; it
+checks arguments (parameter names and values against the source's signature) and bounds
+memory by rendering in chunks.
 """
 
 import inspect
 import operator
-from typing import Callable, Iterator
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from ..augment import luminance
 from ..errors import UserError
-from ..registry import Registry
+from ..registry import SOURCES
+from . import leaves, noise, photos, shaders  # noqa: F401  each registers its source in SOURCES
+from .shaders import is_simple
 
-SOURCES: Registry[Callable[..., Tensor]] = Registry("source")
+__all__ = ["SOURCES", "is_simple", "luminance", "render"]
 
 # Render at most this many pixels per source call (256 images at 32x32): bounds the
 # temporaries (several floats per pixel and per shape row) to tens of MB, which keeps them
 # in cache and out of page faults; 4x larger chunks measured ~25% slower on CPU.
 _PIXELS_PER_CHUNK = 1 << 18
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL and torchvision use for "L"
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Float images in [0, 1] (values outside are clipped) -> uint8, same shape."""
-    return (images.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
-
-
-def luminance(rgb: Tensor) -> Tensor:
-    """(N, 3, H, W) float -> (N, 1, H, W) float luminance."""
-    red, green, blue = rgb.unbind(1)
-    # Elementwise sums, not a matmul: the result must not depend on the batch's size.
-    return (_LUMA[0] * red + _LUMA[1] * green + _LUMA[2] * blue).unsqueeze(1)
-
-
-def with_channels(rgb: Tensor, channels: int) -> Tensor:
-    """(N, 3, H, W) float -> (N, channels, H, W) float, gray by luminance."""
-    return rgb if channels == 3 else luminance(rgb)
+_FIXED_ARGUMENTS = 5  # (seed, indices, size, channels, device); the source's parameters follow
 
 
 def _check(name: str, seed: int, size: int, channels: int, params: dict) -> Callable[..., Tensor]:
@@ -57,13 +47,46 @@ def _check(name: str, seed: int, size: int, channels: int, params: dict) -> Call
         raise UserError(f"image size must be a positive integer, got {size!r}")
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels!r}")
-    accepted = list(inspect.signature(fn).parameters)[5:]  # after (seed, indices, size, channels, device)
+    accepted = list(inspect.signature(fn).parameters)[_FIXED_ARGUMENTS:]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise UserError(
             f"source '{name}' has no parameter {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}"
         )
+    hints = typing.get_type_hints(fn)
+    for key, value in params.items():
+        if key in hints and not _conforms(value, hints[key]):
+            raise UserError(f"source '{name}' parameter {key} must be {_describe(hints[key])}, got {value!r}")
     return fn
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether `value` fits a parameter annotation built from int, float, bool, unions and sequences.
+
+    bool is refused where a number is declared (Python counts it as one); an int is a float.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin in (tuple, list, Sequence):
+        return isinstance(value, (tuple, list)) and all(_conforms(item, args[0]) for item in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True  # an annotation this check does not know: the source checks the value itself
+
+
+def _describe(hint: Any) -> str:
+    """Words for an annotation, as in "must be a number or a list of numbers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin in (tuple, list, Sequence):
+        return "a list of " + {int: "integers", float: "numbers", bool: "booleans"}.get(args[0], "values")
+    return {bool: "true or false", int: "an integer", float: "a number"}.get(hint, str(hint))
 
 
 def _device(device: "str | torch.device") -> torch.device:
@@ -97,31 +120,3 @@ def render(
         indices = torch.arange(start + first, start + last, dtype=torch.int64, device=device)
         out[first:last] = fn(int(seed), indices, size, channels, device, **params)
     return out
-
-
-def stream(
-    name: str,
-    seed: int,
-    batch_size: int,
-    size: int,
-    channels: int = 3,
-    device: "str | torch.device" = "cpu",
-    **params,
-) -> Iterator[Tensor]:
-    """Endless uint8 (batch_size, channels, size, size) batches of consecutive images 0, 1, ..."""
-    _check(name, seed, size, channels, params)  # now, not at the first next()
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
-
-    def batches() -> Iterator[Tensor]:
-        start = 0
-        while True:
-            yield render(name, seed, start, batch_size, size, channels, device, **params)
-            start += batch_size
-
-    return batches()
-
-
-# Sources register themselves on import; imported last because they use the helpers above.
-from . import leaves, noise, photos, shaders  # noqa: E402,F401
-from .shaders import is_simple  # noqa: E402,F401

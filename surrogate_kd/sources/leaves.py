@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import SOURCES, to_uint8
+from ..registry import SOURCES
+from .pixels import channels_first, to_uint8
 from .rng import Draws
 
 CIRCLE, SQUARE, ROTATED_SQUARE, RECTANGLE, TRIANGLE = range(5)
@@ -327,4 +328,4 @@ def leaves(
     if not (isinstance(max_rounds, int) and max_rounds >= 1):
         raise UserError(f"leaves needs max_rounds >= 1, got {max_rounds!r}")
     colours, _ = _layers(seed, indices, size, channels, shapes, (min_radius, max_radius, exponent), max_rounds)
-    return colours.permute(0, 3, 1, 2)
+    return channels_first(colours)

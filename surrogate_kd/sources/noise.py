@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import SOURCES, to_uint8
+from ..registry import SOURCES
+from .pixels import to_uint8
 from .rng import Draws
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from . import SOURCES, to_uint8, with_channels
+from ..registry import SOURCES
+from .pixels import channels_first, to_uint8, with_channels
 from .rng import Draws
 
 # skimage.data names that ship with the wheel (others need a download, unavailable offline).
@@ -36,7 +37,7 @@ def load_photos() -> tuple[np.ndarray, ...]:
         from sklearn.datasets import load_sample_images
     except ImportError:
         raise UserError(
-            "the photos source needs scikit-image and scikit-learn: pip install surrogate-kd[photos]"
+            "the photos source needs scikit-image and scikit-learn: pip install scikit-image scikit-learn"
         ) from None
     photos = []
     for name in _SKIMAGE_PHOTOS:
@@ -140,5 +141,5 @@ def photos(
     wx, wy = wx.view(-1, 1, size, 1), wy.view(-1, size, 1, 1)
     upper = tap(y0, x0) * (1 - wx) + tap(y0, x1) * wx
     lower = tap(y1, x0) * (1 - wx) + tap(y1, x1) * wx
-    rgb = (upper * (1 - wy) + lower * wy).permute(0, 3, 1, 2) / 255.0  # (N, 3, S, S)
+    rgb = channels_first(upper * (1 - wy) + lower * wy) / 255.0  # (N, 3, S, S)
     return to_uint8(with_channels(rgb, channels))

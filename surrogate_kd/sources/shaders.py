@@ -20,7 +20,7 @@ shapes on a plain ground (the Fashion-MNIST demo teacher called 85% of them "bag
 visit them: relative entropy 0.26 -> 0.85, and a better student (docs/sources.md). `figure=0`
 gives the paper's full-frame renders.
 
-Each image runs only its own ops: indices are grouped by the op they drew (`_per_sample`).
+Each image runs only its own ops: indices are grouped by the op they drew (`augment.apply_grouped`).
 Renders that `is_simple` flags (the paper's constant or near-constant shaders) are redrawn
 with the next attempt number, so image i stays a pure function of (seed, i).
 
@@ -35,12 +35,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..augment import apply_grouped, luminance
 from ..errors import UserError
-from . import SOURCES, luminance, to_uint8, with_channels
+from ..registry import SOURCES
+from .pixels import to_uint8, with_channels
 from .rng import Draws, bits_to_uniform, mix64
 
 TAU = 2 * math.pi
-Op = Callable[..., tuple[Tensor, ...]]  # (x, y, u, t, key) -> fields, all (n, H, W) but u (n, P)
+# (x, y, u, t, key) -> (x, y) for transforms, v for value functions; x, y, v (n, H, W), u (n, P), t, key (n, 1, 1)
+Op = Callable[..., Tensor | tuple[Tensor, Tensor]]
 
 
 def _col(u: Tensor, j: int, low: float = 0.0, high: float = 1.0) -> Tensor:
@@ -72,10 +75,6 @@ def _rotate(x: Tensor, y: Tensor, angle: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # Coordinate transforms: (x, y, u (n, 8), t (n, 1, 1), key (n, 1, 1)) -> (x, y).
-
-
-def _identity(x, y, u, t, key):
-    return x, y
 
 
 def _affine(x, y, u, t, key):
@@ -138,7 +137,7 @@ def _inversion(x, y, u, t, key):
 TRANSFORMS: list[Op] = [_affine, _polar, _sine_warp, _mirror, _tile, _swirl, _kaleidoscope, _inversion]
 
 
-# Value functions: (x, y, u (n, 28), t, key) -> (v,), v roughly in [0, 1] (stretched later).
+# Value functions: (x, y, u (n, 28), t, key) -> v, roughly in [0, 1] (stretched later).
 
 
 def _plasma(x, y, u, t, key):
@@ -147,17 +146,17 @@ def _plasma(x, y, u, t, key):
         angle = _col(u, 3 + j, 0, TAU)
         along = x * torch.cos(angle) + y * torch.sin(angle)
         v = v + torch.sin(_log_col(u, j, 1.0, 8.0) * along + _col(u, 6 + j, 0, TAU) + t)
-    return (v / 6 + 0.5,)
+    return v / 6 + 0.5
 
 
 def _rings(x, y, u, t, key):
     dx, dy = x - _col(u, 0, -1, 1), y - _col(u, 1, -1, 1)
-    return (0.5 + 0.5 * torch.sin(torch.sqrt(dx * dx + dy * dy) * _log_col(u, 2, 3.0, 25.0) - t),)
+    return 0.5 + 0.5 * torch.sin(torch.sqrt(dx * dx + dy * dy) * _log_col(u, 2, 3.0, 25.0) - t)
 
 
 def _stripes(x, y, u, t, key):
     x, _ = _rotate(x, y, _col(u, 0, 0, TAU))
-    return (_fract(x * _log_col(u, 1, 1.0, 10.0) + t / TAU),)
+    return _fract(x * _log_col(u, 1, 1.0, 10.0) + t / TAU)
 
 
 def _checker(x, y, u, t, key):
@@ -166,7 +165,7 @@ def _checker(x, y, u, t, key):
     frequency = _log_col(u, 1, 1.0, 6.0)
     x, y = x * frequency, y * frequency
     parity = torch.remainder(torch.floor(x) + torch.floor(y), 2.0)
-    return (torch.where(parity > 0, _fract(x), 1 - _fract(y)),)
+    return torch.where(parity > 0, _fract(x), 1 - _fract(y))
 
 
 _LATTICE_X, _LATTICE_Y = 0x632BE59BD9B4E019, 0x3C6EF372FE94F82B  # odd, below 2^63
@@ -199,7 +198,7 @@ def _fbm(x, y, u, t, key, max_octaves: int = 5):
         v = v + weight * _value_noise(key + octave, x, y)
         total = total + weight
         x, y, amplitude = x * 2.03, y * 2.03, amplitude * gain  # 2.03: lattices of octaves don't align
-    return (v / total,)
+    return v / total
 
 
 def _cells(x, y, u, t, key, points: int = 8):
@@ -215,14 +214,14 @@ def _cells(x, y, u, t, key, points: int = 8):
     cell_value = torch.gather(u[:, 18 : 18 + points], 1, which.flatten(1)).view_as(nearest)
     mode = _col(u, 0)
     distance, edges = torch.sqrt(nearest), torch.sqrt(second) - torch.sqrt(nearest)
-    return (torch.where(mode < 0.33, distance, torch.where(mode < 0.66, edges, cell_value)),)
+    return torch.where(mode < 0.33, distance, torch.where(mode < 0.66, edges, cell_value))
 
 
 def _spiral(x, y, u, t, key):
     dx, dy = x - _col(u, 0, -0.5, 0.5), y - _col(u, 1, -0.5, 0.5)
     arms, twist = torch.floor(_col(u, 2, 1, 9)), _col(u, 3, -12, 12)
     phase = arms * _atan2(dy, dx) + twist * torch.sqrt(dx * dx + dy * dy) + t
-    return (0.5 + 0.5 * torch.sin(phase),)
+    return 0.5 + 0.5 * torch.sin(phase)
 
 
 def _julia(x, y, u, t, key, steps: int = 10):
@@ -235,25 +234,10 @@ def _julia(x, y, u, t, key, steps: int = 10):
     for _ in range(steps):
         zx, zy = (zx * zx - zy * zy + c_re).clamp(-1e3, 1e3), (2 * zx * zy + c_im).clamp(-1e3, 1e3)
         trap = torch.minimum(trap, torch.where(cross, torch.minimum(zx.abs(), zy.abs()), zx * zx + zy * zy))
-    return (torch.sqrt(trap.clamp(max=1.0)),)
+    return torch.sqrt(trap.clamp(max=1.0))
 
 
 VALUES: list[Op] = [_plasma, _rings, _stripes, _checker, _fbm, _cells, _spiral, _julia]
-
-
-def _per_sample(ops: list[Op], choice: Tensor, *fields: Tensor) -> list[Tensor]:
-    """Run ops[choice[i]] on sample i for all i, one call per op on the samples that chose it."""
-    results: list[Tensor] = []
-    for k, op in enumerate(ops):
-        rows = (choice == k).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        part = op(*(field[rows] for field in fields))
-        if not results:
-            results = [part_i.new_empty((choice.shape[0], *part_i.shape[1:])) for part_i in part]
-        for result, part_i in zip(results, part):
-            result[rows] = part_i
-    return results
 
 
 def _stretch(x: Tensor) -> Tensor:
@@ -333,11 +317,14 @@ def _render(seed: int, programs: Tensor, attempt: int, time_steps: Tensor, size:
     grid = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
     y = grid.view(1, size, 1).expand(n, size, size)
     x = grid.view(1, 1, size).expand(n, size, size)
-    ops = [_identity, *TRANSFORMS]
+    # Each image runs only its own ops (sorted into groups, on every device: running all eight on
+    # every image would cost several times more); group 0, a layer past `active`, leaves x, y as they are.
+    transforms = {k + 1: op for k, op in enumerate(TRANSFORMS)}
     for layer in range(layers):
         choice = torch.where(layer < active, layer_ops[:, layer] + 1, 0)
-        x, y = _per_sample(ops, choice, x, y, layer_params[:, layer], time, key)
-    (v,) = _per_sample(VALUES, value_op, x, y, value_params, time, key)
+        x, y = apply_grouped(choice, transforms, x, y, layer_params[:, layer], time, key, outputs=2, sort=True)
+    values = dict(enumerate(VALUES))
+    v = apply_grouped(value_op, values, x, y, value_params, time, key, sort=True)  # replaces x: a value per pixel
     v = torch.nan_to_num(v, nan=0.0, posinf=1.0, neginf=0.0)
     v = _shape_values(_stretch(v), shape_params)
     rgb = _colourise(v, colour_params)
