@@ -112,7 +112,8 @@ def kd_steps(device: torch.device, args) -> dict[str, float]:
     from dataclasses import replace
 
     from surrogate_kd.config import TrainConfig
-    from surrogate_kd.distill import inference_copy, make_step
+    from surrogate_kd.distill import make_step
+    from surrogate_kd.runtime import inference_copy
     from surrogate_kd.models import create_network
 
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format

@@ -24,7 +24,8 @@ import torch
 
 from surrogate_kd.boundary import boundary_pairs
 from surrogate_kd.config import InputSpec, TrainConfig
-from surrogate_kd.distill import inference_copy, make_step
+from surrogate_kd.distill import make_step
+from surrogate_kd.runtime import inference_copy
 from surrogate_kd.models import build_model
 from surrogate_kd.sources import render
 

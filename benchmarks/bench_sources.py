@@ -56,8 +56,8 @@ def image_statistics(name: str, count: int = 2048, size: int = 32) -> dict:
 
 def teacher_relative_entropy(name: str, teacher_path: str, count: int = 10_000) -> float:
     from surrogate_kd.checkpoint import load_model
-    from surrogate_kd.distill import predict
-    from surrogate_kd.select import class_histogram, relative_entropy
+    from surrogate_kd.runtime import predict
+    from surrogate_kd.teacher import class_histogram, relative_entropy
 
     teacher = load_model(teacher_path)
     spec = teacher.spec

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from surrogate_kd.api import distill
-from surrogate_kd.config import override, parse_assignments
+from surrogate_kd.config import parse_assignments
 from surrogate_kd.demo import DemoRecipe
 
 
@@ -36,27 +36,22 @@ def main():
     base_cfg = recipe.student_original if args.source == "original" else recipe.student
     data = "fashion-mnist" if args.source == "original" else args.source
     for variant in args.vary or ["base"]:
-        cfg, candidates, per_class, boundary, source_params = base_cfg, recipe.candidates, recipe.per_class, None, {}
-        settings = []  # TrainConfig fields and augment.FIELD: what --set takes
+        options = {"candidates": recipe.candidates, "per_class": recipe.per_class}  # distill's own keyword arguments
+        settings, source_params = [], {}  # TrainConfig fields and augment.FIELD: what --set takes
         for item in [] if variant == "base" else variant.split(","):
             [(key, value)] = parse_assignments([item], "--vary")
-            if key == "candidates":
-                candidates = value
-            elif key == "per_class":
-                per_class = value
-            elif key.startswith("boundary_"):  # boundary_fraction=, boundary_targets=, boundary_every_epoch=
-                boundary = {"fraction": 0.1, "targets": "least-predicted", **(boundary or {}),
-                            key.removeprefix("boundary_"): value}
+            if key in ("candidates", "per_class", "boundary_fraction", "boundary_targets", "boundary_every_epoch"):
+                options[key] = value
             elif key.startswith("source."):  # a parameter of the synthetic source, e.g. source.figure=0
                 source_params[key.split(".", 1)[1]] = value
             else:
                 settings.append(item)
-        cfg = override(cfg, settings)
+        if any(k.startswith("boundary_") for k in options):
+            options.setdefault("boundary_fraction", 0.1)
         name = f"{args.source}-{variant.replace(',', '_').replace('=', '')}"
         started = time.perf_counter()
-        result = distill(args.teacher, data, Path(args.out) / name, recipe.student_arch, cfg, candidates=candidates,
-                         per_class=per_class, eval_data="fashion-mnist:test", boundary=boundary,
-                         source_params=source_params or None)
+        result = distill(args.teacher, data, Path(args.out) / name, recipe.student_arch, config=base_cfg,
+                         settings=settings, eval_data="fashion-mnist:test", params=source_params or None, **options)
         row = {"source": args.source, "variant": variant, "test_accuracy": round(result["test_accuracy"], 4),
                "relative_entropy": result["relative_entropy"], "seconds": round(time.perf_counter() - started, 1),
                "threads": torch.get_num_threads()}

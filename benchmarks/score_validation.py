@@ -135,7 +135,7 @@ def main() -> None:
     rows = score(teacher, sets, out / "score", candidates=args.images, seed=args.seed)
     for row in rows:
         run = distill(args.teacher, row["data"], out / "students" / Path(row["data"]).name.replace(":", "-"),
-                      args.student, cfg, candidates=args.images, per_class=None, eval_data=args.eval_data)
+                      args.student, config=cfg, candidates=args.images, per_class=None, eval_data=args.eval_data)
         row["accuracy"] = run["test_accuracy"]
         row.update({name: formula(row) for name, formula in FORMULAS.items()})
         print(f"{row['data']}: distillability {row['distillability']:.4f}, accuracy {row['accuracy']:.4f}", flush=True)

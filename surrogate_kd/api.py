@@ -1,8 +1,15 @@
-"""The library's commands, one function each; the CLI is a thin layer over these.
+"""The library's commands, one function each, with the names and defaults of the CLI's commands.
 
 train_teacher: labelled data -> teacher checkpoint (the paper's teacher recipe).
 distill:       teacher + surrogate data -> (teacher-balanced selection) -> student checkpoint.
 evaluate:      any checkpoint on a labelled set -> accuracy, per-class accuracy, agreement.
+
+Training settings come as keyword arguments named like TrainConfig's fields (`epochs=3, tau=4`),
+as `config` (a YAML file, a dict, or a whole TrainConfig) and as `settings` (KEY=VALUE strings,
+the CLI's --set), layered over the library's recipe in recipe.resolve.
+
+Each run owns its output directory (rundir.RunDir): it refuses another run's directory and the
+teacher's, resumes itself after an interruption, and commits weights and result together.
 
 Under torchrun, train_teacher and distill run on every rank and train data-parallel (parallel.py).
 Every rank builds the same training set itself, deterministically from the seed, rather than
@@ -11,32 +18,26 @@ that build their data during training (--stream, boundary samples every epoch) w
 anyway. Rank 0 alone writes files; every rank returns the result.
 """
 
-import json
+import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import parallel
-from .checkpoint import atomic_write_text, load_model, provenance, save_model
-from .config import InputSpec, TrainConfig
+from .batches import ArrayBatches, make_batches
+from .checkpoint import provenance
+from .config import BoundaryConfig, DataConfig, InputSpec
 from .data import DATASET_STATS, ImageSet, open_images
-from .distill import ArrayBatches, SourceBatches, evaluate_logits, predict, resolve_device, train
+from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .select import (OnlineBalancedBatches, balanced_indices, class_histogram, is_source, load_candidates,
-                     relative_entropy, teacher_fingerprint)
-
-# Paper Sect. 4: tau 2 for general-purpose real data, 20 for fine-grained and synthetic data.
-DEFAULT_TAU = {"real": 2.0, "synthetic": 20.0}
-MODEL_FILE = "model.safetensors"
-
-
-def default_data_kind(data: str) -> str:
-    """'synthetic' for generated sources; 'real' for image sets and for `photos` (real photographs,
-    out of domain), which is what picks the paper's default tau and regime."""
-    return "synthetic" if is_source(data) and data != "photos" else "real"
+from .recipe import data_kind as default_data_kind
+from .recipe import describe, distill_recipe, resolve, teacher_recipe
+from .rundir import MODEL_FILE, RunDir, as_json
+from .runtime import evaluate_logits, predict, resolve_device
+from .teacher import is_source, load_teacher, teacher_fingerprint
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
@@ -45,33 +46,6 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
     save_image(images.float().div(255).cpu(), path, nrow=nrow, padding=1)
     return path
-
-
-def _as_json(config: dict) -> dict:
-    """The config as it reads back from JSON (tuples become lists), so comparisons are exact."""
-    return json.loads(json.dumps(config, default=str))
-
-
-def _completed(out: Path, config: dict) -> dict | None:
-    """The result of a finished run in `out` with the same config, if there is one."""
-    result_file = out / "result.json"
-    if (out / MODEL_FILE).exists() and result_file.exists():
-        result = json.loads(result_file.read_text())
-        if result.get("config") == config:
-            return result
-    return None
-
-
-def _finish(out: Path, model, result: dict) -> dict:
-    """Save weights, then result.json last: its presence marks the run complete (rank 0 writes)."""
-    if not parallel.is_main():
-        return result
-    save_model(model, out / MODEL_FILE, extra={"config": result["config"]})
-    state = out / "state.pt"
-    if state.exists():
-        state.unlink()
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
-    return result
 
 
 def _spec_for(images: ImageSet, dataset: str) -> InputSpec:
@@ -85,168 +59,213 @@ def _spec_for(images: ImageSet, dataset: str) -> InputSpec:
     if images.labels is None:
         raise UserError(f"training a teacher needs labelled images; '{dataset}' has no labels")
     num_classes = int(images.labels.max()) + 1
+    if num_classes < 2:
+        raise UserError(f"training a teacher needs at least two classes; '{dataset}' has {num_classes}")
     classes = images.classes or tuple(str(i) for i in range(num_classes))
     return InputSpec(images.size, images.channels, tuple(mean), tuple(std), tuple(classes))
 
 
-def _check_labels(images: ImageSet, spec: InputSpec) -> None:
+def _eval_set(eval_data: str | None, spec: InputSpec, download: bool) -> ImageSet | None:
+    """The labelled held-out set, in the model's input spec, its folder labels matched by class name."""
+    if eval_data is None:
+        return None
+    images = open_images(eval_data, spec.size, spec.channels, download=download, classes=spec.classes)
     if images.labels is None:
         raise UserError(f"'{images.name}' has no labels to evaluate against")
     if int(images.labels.max()) >= len(spec.classes):
         raise UserError(f"'{images.name}' has labels up to {int(images.labels.max())} but the model has "
                         f"{len(spec.classes)} classes")
+    return images
 
 
-def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher", arch: str = "resnet_mini",
-                  cfg: TrainConfig = TrainConfig(), eval_data: str | None = None, download: bool = False) -> dict:
-    """Train a teacher with one-hot cross-entropy; reuses a finished run with the same config."""
-    out = Path(out)
-    config = _as_json({"data": data, "arch": arch, "train": asdict(cfg), "eval_data": eval_data})
-    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
-    if (done := parallel.from_main(lambda: _completed(out, config))) is not None:
-        return {**done, "reused": True}
-    with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
-        train_set = open_images(data, download=download)
-        spec = _spec_for(train_set, data)
-        eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
-    if eval_set is not None:
-        _check_labels(eval_set, spec)
-    model = build_model(arch, spec)
-    torch.manual_seed(cfg.seed)
-    started = time.perf_counter()
-    run = train(model, ArrayBatches(train_set, cfg.batch_size, cfg.seed, device), cfg,
-                eval_set=eval_set, run_dir=out, desc=f"teacher {arch}", run_identity=config)
-    result = {"arch": arch, "dataset": data, "parameters": count_parameters(model), "steps": run.steps,
-              "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
-              "test_accuracy": run.eval_accuracy, "config": config, **provenance()}
-    return _finish(out, model, result)
+def _say(message: str) -> None:
+    if parallel.is_main():
+        print(f"surrogate-kd: {message}", file=sys.stderr, flush=True)
 
 
-def build_distillation_set(teacher, data: str, candidates: int, per_class: int | None, seed: int,
-                           device: torch.device, download: bool = False, batch_size: int = 1024,
-                           source_params: dict | None = None, boundary: dict | None = None) -> tuple[ImageSet, dict]:
-    """Surrogate images in the teacher's input spec, teacher-balanced when `per_class` is set.
+def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher", arch: str = "resnet_mini", *,
+                  eval_data: str | None = None, download: bool = False, overwrite: bool = False,
+                  config=None, settings=None, **train_settings) -> dict:
+    """Train a teacher with one-hot cross-entropy; a finished run with the same config is reused.
 
-    With `boundary` (keyword arguments of `boundary.add_boundary_samples`, e.g. fraction and
-    targets), boundary samples are added to the candidates *before* selection, so that
-    least-predicted targets fill the classes the candidates lack with new images rather than
-    with copies (the paper's "force these properties").
-    Returns the set and what the teacher made of the candidates (histogram, relative entropy).
+    `train_settings`: TrainConfig fields (epochs, lr, batch_size, seed, ...) over the teacher recipe.
     """
-    spec = teacher.spec
-    # Cached beside the pool when `data` is one: the teacher runs over a pool once.
-    pool, logits = load_candidates(teacher, data, candidates, seed, device, download, batch_size, source_params)
-    predictions = logits.argmax(1)
-    counts = class_histogram(predictions, len(spec.classes))
-    info = {"candidates": len(pool), "relative_entropy": round(relative_entropy(counts), 4),
-            "class_histogram": counts.tolist(), "mean_max_softmax": round(logits.softmax(1).max(1).values.mean().item(), 4)}
-    pool = ImageSet(pool.images, predictions, spec.classes, pool.name)
-    if boundary:
-        from .boundary import add_boundary_samples
+    cfg = resolve(teacher_recipe(), config, settings, **train_settings)
+    run = RunDir(out, "train-teacher", {"data": data, "arch": arch, "train": asdict(cfg), "eval_data": eval_data},
+                 overwrite=overwrite)
+    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
+    if (done := parallel.from_main(run.claim)) is not None:
+        return {**done, "reused": True}
+    with run.working():
+        with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
+            train_set = open_images(data, download=download)
+            spec = _spec_for(train_set, data)
+            eval_set = _eval_set(eval_data, spec, download)
+        torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
+        model = build_model(arch, spec)
+        started = time.perf_counter()
+        result = train(model, ArrayBatches(train_set, cfg.batch_size, cfg.seed, device), cfg,
+                       eval_set=eval_set, run_dir=run.path, desc=f"teacher {arch}", run_identity=run.identity)
+    summary = {"arch": arch, "dataset": data, "parameters": count_parameters(model), "steps": result.steps,
+               "seconds": round(time.perf_counter() - started, 1), "final_loss": result.final_loss,
+               "test_accuracy": result.eval_accuracy, **provenance()}
+    return run.finish(model, summary) if parallel.is_main() else {**summary, "config": run.identity}
 
-        pool, info["boundary"] = add_boundary_samples(teacher, pool, seed=seed, device=device, labels=predictions,
-                                                      **boundary)
-        info["relative_entropy_with_boundary"] = round(relative_entropy(class_histogram(pool.labels, len(spec.classes))), 4)
-    if per_class:
-        index = balanced_indices(pool.labels, len(spec.classes), per_class, seed=seed)
-        info["selected"] = len(index)
-        return ImageSet(pool.images[index], pool.labels[index], spec.classes, pool.name), info
-    return pool, info
 
-
-def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny",
-            cfg: TrainConfig | None = None, data_kind: str | None = None, candidates: int = 50000,
-            per_class: int | None = 2000, stream: bool = False, eval_data: str | None = None,
-            download: bool = False, source_params: dict | None = None, boundary: dict | None = None) -> dict:
+def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
+            candidates: int = 50000, per_class: int | None = 2000, stream: bool = False,
+            boundary_fraction: float = 0.0, boundary_targets: str = "least-predicted",
+            boundary_every_epoch: bool = False, params: dict | None = None, data_kind: str | None = None,
+            eval_data: str | None = None, download: bool = False, overwrite: bool = False,
+            config=None, settings=None, **train_settings) -> dict:
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
 
-    Unless the config sets tau, it follows the paper: 2 for real data, 20 for synthetic sources.
-    `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set,
-    teacher-balanced on the fly when `per_class` is set.
-    `boundary`: add decision-boundary samples (keyword arguments of `boundary.add_boundary_samples`):
-    once, to the candidates before selection (see build_distillation_set), or with
-    `every_epoch=True` afresh from the selected set at every epoch (`boundary.EpochBoundaryBatches`).
+    The recipe follows the data kind (recipe.distill_recipe: tau 2 and `standard` for real data,
+    tau 20 and `high` for synthetic sources); `train_settings` are TrainConfig fields over it.
+    `per_class`: images kept per predicted class out of `candidates` (0 or None: keep all).
+    `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
+    `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once
+    before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch.
+    `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
-    out = Path(out)
     kind = data_kind or default_data_kind(data)
-    if kind not in DEFAULT_TAU:
-        raise UserError(f"unknown data kind '{kind}'; valid: real, synthetic")
-    cfg = cfg or replace(TrainConfig(), tau=DEFAULT_TAU[kind])
-    teacher_model = load_model(teacher) if not isinstance(teacher, torch.nn.Module) else teacher
+    cfg = resolve(distill_recipe(kind), config, settings, **train_settings)
+    if params and not is_source(data):
+        raise UserError(f"--param sets a synthetic source's parameters; '{data}' is not a source")
+    if boundary_every_epoch and not boundary_fraction:
+        raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
+    boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch)
+                if boundary_fraction else None)
+    data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary)
+    teacher_model = load_teacher(teacher)
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.
-    config = _as_json({"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),
-                       "data": data, "student": student, "train": asdict(cfg), "candidates": candidates, "per_class": per_class, "stream": stream, "eval_data": eval_data,
-                       "source_params": source_params, "boundary": boundary})
+    run = RunDir(out, "distill", {"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),
+                                  "student": student, "data": asdict(data_cfg), "train": asdict(cfg),
+                                  "eval_data": eval_data},
+                 overwrite=overwrite, protect=() if isinstance(teacher, torch.nn.Module) else (teacher,))
     device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
-    if (done := parallel.from_main(lambda: _completed(out, config))) is not None:
+    if (done := parallel.from_main(run.claim)) is not None:
         return {**done, "reused": True}
     spec = teacher_model.spec
     teacher_model.to(device)
-    with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
-        eval_set = open_images(eval_data, spec.size, spec.channels, download=download) if eval_data else None
-        if download and not is_source(data):
-            open_images(data, download=True)
-    if eval_set is not None:
-        _check_labels(eval_set, spec)
-    started = time.perf_counter()
-    if stream:
-        if not is_source(data):
-            from .sources import SOURCES
-
-            raise UserError(f"--stream needs an image source ({', '.join(SOURCES.names())}), got '{data}'")
-        if boundary:
-            raise UserError("boundary samples need a fixed set; drop --stream or the boundary option")
-        if per_class:  # the same per-class quota as D_K, applied on the fly to fresh images
-            batches = OnlineBalancedBatches(teacher_model, data, cfg.batch_size, cfg.seed, device,
-                                            epoch_size=per_class * len(spec.classes), **(source_params or {}))
-        else:
-            batches = SourceBatches(data, spec.size, spec.channels, cfg.batch_size, cfg.seed, device,
-                                    epoch_size=candidates, **(source_params or {}))
-        set_info = {}
-    elif boundary and boundary.get("every_epoch"):
-        # Fresh boundary samples from the selected set at every epoch, instead of once before selection.
-        from .boundary import EpochBoundaryBatches
-
-        images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
-                                                  download, source_params=source_params)
-        attack = {k: v for k, v in boundary.items() if k not in ("fraction", "every_epoch")}
-        batches = EpochBoundaryBatches(teacher_model, images, cfg.batch_size, cfg.seed, device,
-                                       boundary.get("fraction", 0.1), **attack)
-    else:
-        images, set_info = build_distillation_set(teacher_model, data, candidates, per_class, cfg.seed, device,
-                                                  download, source_params=source_params, boundary=boundary)
-        batches = ArrayBatches(images, cfg.batch_size, cfg.seed, device)
-    first = batches.batch(0)[0][:64]  # on every rank: it builds epoch 0 (and its summary) there too
-    if parallel.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_grid(first, out / "samples.png")  # what the student is shown (before augmentation)
-    model = build_model(student, spec)
-    torch.manual_seed(cfg.seed)
-    run = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=out, desc=f"distill {data}",
-                run_identity=config)
-    if getattr(batches, "summaries", None):  # per-epoch boundary samples: what each epoch's attack did
-        set_info["boundary_epochs"] = {epoch: {k: summary[k] for k in ("samples", "success_rate", "relative_entropy_after")}
-                                       for epoch, summary in sorted(batches.summaries.items())}
-    result = {"source": data, "student": student, "parameters": count_parameters(model), **set_info,
-              "steps": run.steps, "seconds": round(time.perf_counter() - started, 1), "final_loss": run.final_loss,
-              "test_accuracy": run.eval_accuracy, "config": config, **provenance()}
-    return _finish(out, model, result)
+    with run.working():
+        with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
+            eval_set = _eval_set(eval_data, spec, download)
+        started = time.perf_counter()
+        batches, set_info = make_batches(teacher_model, data_cfg, cfg.batch_size, cfg.seed, device, download)
+        first = batches.batch(0)[0][:64]  # on every rank: it builds epoch 0 (and its summary) there too
+        if parallel.is_main():
+            save_grid(first, run.path / "samples.png")  # what the student is shown (before augmentation)
+        _say(f"distill recipe ({kind} data): {describe(cfg)}")
+        torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
+        model = build_model(student, spec)
+        result = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=run.path,
+                       desc=f"distill {data}", run_identity=run.identity)
+    summary = {"source": data, "student": student, "parameters": count_parameters(model), **set_info,
+               **batches.report(), "steps": result.steps, "seconds": round(time.perf_counter() - started, 1),
+               "final_loss": result.final_loss, "test_accuracy": result.eval_accuracy, **provenance()}
+    return run.finish(model, summary) if parallel.is_main() else {**summary, "config": run.identity}
 
 
 def evaluate(model: str | Path, data: str, teacher: str | Path | None = None, device: str = "auto",
              download: bool = False) -> dict:
     """Top-1 and per-class accuracy of a checkpoint on a labelled set (and agreement with a teacher)."""
-    net = load_model(model)
-    images = open_images(data, net.spec.size, net.spec.channels, download=download)
-    _check_labels(images, net.spec)
+    net = load_teacher(model)
+    images = _eval_set(data, net.spec, download)
     dev = resolve_device(device)
     logits = predict(net.to(dev), images.images, device=dev)
     reference = None
     if teacher is not None:
-        teacher_net = load_model(teacher)
+        teacher_net = load_teacher(teacher)
         if teacher_net.spec.classes != net.spec.classes:
             raise UserError(f"teacher {teacher} has {len(teacher_net.spec.classes)} classes, model has {len(net.spec.classes)}")
         reference = predict(teacher_net.to(dev), images.images, device=dev)
     return {"model": str(model), "data": data, "images": len(images),
             **evaluate_logits(logits, images.labels, len(net.spec.classes), reference)}
+
+
+# --------------------------------------------------------------------------- the other commands, by the same names
+
+def select(teacher, data: str, out: str | Path, per_class: int, total: int | None = None,
+           long_tail: float | None = None, cap: int = 50000, candidates: int = 50000, seed: int = 0,
+           device: str = "auto", overwrite: bool = False, download: bool = False) -> dict:
+    """The teacher-balanced set D_K (or a long-tail one) drawn from `data`, written as a pool (select.select)."""
+    from . import select as selection
+
+    return selection.select(teacher, data, out, per_class, total=total, long_tail=long_tail, cap=cap, seed=seed,
+                            candidates=candidates, device=device, overwrite=overwrite, download=download)
+
+
+def score(teacher, data: list[str], out: str | Path | None = "runs/score", candidates: int = 10000, seed: int = 0,
+          device: str = "auto") -> list[dict]:
+    """Rank candidate distillation sets for `teacher`, best first, without distilling (score.score)."""
+    from .score import score as score_sets
+
+    return score_sets(teacher, data if isinstance(data, list) else [data], out, candidates=candidates, seed=seed,
+                      device=device)
+
+
+def synthesize(source: str, count: int, out: str | Path, size: int = 32, channels: int = 3, seed: int = 0,
+               device: str = "cpu", overwrite: bool = False, params: dict | None = None) -> Path:
+    """Images 0..count-1 of a synthetic source, written as a pool with a preview grid (pool.synthesize)."""
+    from .pool import synthesize as write_source
+
+    return write_source(source, count, size, out, channels=channels, seed=seed, device=device, overwrite=overwrite,
+                        **(params or {}))
+
+
+def boundary(teacher, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
+             threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
+             device: str = "auto", overwrite: bool = False) -> dict:
+    """The images of `data` plus decision-boundary samples, written as a pool (boundary.boundary)."""
+    from .boundary import boundary as write_boundary
+
+    return write_boundary(teacher, data, out, fraction=fraction, targets=targets, threshold=threshold,
+                          max_steps=max_steps, epsilon=epsilon, seed=seed, device=device, overwrite=overwrite)
+
+
+def augment_preview(data: str, out: str | Path = "augment-preview.png", regime: str = "high",
+                    settings: list[str] | dict | None = None, size: int = 32, channels: int = 3, index: int = 0,
+                    n: int = 32, seed: int = 0) -> Path:
+    """One image of `data` under `n` draws of an augmentation regime, as a PNG grid."""
+    from .augment import augment_preview as preview_grid
+    from .augment import get_regime
+    from .config import parse_assignments
+    from .files import writable_file
+
+    if not isinstance(n, int) or n < 1:
+        raise UserError(f"-n must be a positive number of draws, got {n}")
+    fields = dict(parse_assignments(settings) if isinstance(settings, list) else settings or {})
+    chosen = get_regime(regime, **fields)
+    writable_file(Path(out))
+    images = open_images(data, size, channels)
+    if not 0 <= index < len(images):
+        raise UserError(f"--index {index} out of range: '{data}' has {len(images)} images")
+    return preview_grid(images.images[index], chosen, n, out, seed=seed)
+
+
+def split(data: str, class_map, teacher, out: str | Path, overwrite: bool = False) -> dict:
+    """A labelled real set split by a class map into in-domain and out-of-domain pools at out/id and out/ood."""
+    from .classmap import split_by_class_map
+    from .pool import write_pool
+
+    model = load_teacher(teacher)
+    id_set, ood_set = split_by_class_map(data, class_map, model.spec.classes, complete_only=False)
+    result = {"data": data}
+    for name, subset in (("id", id_set), ("ood", ood_set)):
+        if subset is None or len(subset) == 0:
+            result[name] = 0
+            continue
+        write_pool(Path(out) / name, subset.images.split(4096), {"source": f"split:{name}", "seed": 0,
+                   "params": {"data": data}, "classes": list(subset.classes or ())}, labels=subset.labels,
+                   overwrite=overwrite)
+        result[name] = len(subset)
+    return result
+
+
+def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> dict:
+    """A Fashion-MNIST teacher distilled through five kinds of data, with a report (demo.demo)."""
+    from .demo import demo as run_demo
+
+    return run_demo(out, quick=quick, device=device)

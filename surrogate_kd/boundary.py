@@ -23,10 +23,10 @@ from torch import Tensor
 
 from .checkpoint import load_model
 from .data import ImageSet, open_images
-from .distill import EpochBatches, autocast_context, predict, resolve_device
+from .runtime import autocast_context, predict, resolve_device
 from .errors import UserError
 from .pool import _claim_output, write_pool
-from .select import class_histogram, relative_entropy
+from .teacher import class_histogram, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
 GROW, SHRINK = 1.1, 0.5  # Bold Driver factors, as in the authors' public code (issue 6)
@@ -282,39 +282,6 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     extended = ImageSet(torch.cat([image_set.images, result.images]), torch.cat([labels, result.labels]),
                         teacher.spec.classes, image_set.name)
     return extended, summary
-
-
-class EpochBoundaryBatches(EpochBatches):
-    """Batches of a labelled set plus boundary samples recomputed every epoch (the "each epoch" option).
-
-    Same interface as `distill.ArrayBatches`. At the start of epoch e a fresh random `fraction` of
-    the set (seeded by (seed, e)) is attacked and its samples join the set for that epoch; an
-    epoch stays len(set) // batch_size batches (static shapes, a fixed step count), drawn without
-    replacement from the set and the epoch's samples together, so the samples take their share
-    of each epoch. `batch(step)` depends only on (seed, step): a resumed run recomputes the
-    epoch it stopped in and sees the same batches. `summaries` keeps each epoch's attack summary.
-    """
-
-    def __init__(self, teacher: torch.nn.Module, image_set: ImageSet, batch_size: int, seed: int,
-                 device: torch.device, fraction: float, **attack):
-        if image_set.labels is None:
-            raise UserError("boundary samples every epoch need a labelled set (the teacher's argmax)")
-        self._check_fills_a_batch(image_set, batch_size)
-        if not 0 < fraction <= 1:
-            raise UserError(f"fraction must be in (0, 1], got {fraction}")
-        self.teacher, self.set, self.seed, self.device = teacher, image_set, seed, device
-        self.fraction, self.attack, self.batch_size = fraction, attack, batch_size
-        self.steps_per_epoch = len(image_set) // batch_size
-        self.summaries: dict[int, dict] = {}
-
-    def _epoch_data(self, epoch: int):
-        epoch_seed = self.seed * 100_003 + epoch
-        extended, summary = add_boundary_samples(self.teacher, self.set, self.fraction, seed=epoch_seed,
-                                                 labels=self.set.labels, device=self.device, **self.attack)
-        self.summaries[epoch] = summary
-        order = torch.randperm(len(extended), generator=torch.Generator().manual_seed(epoch_seed))
-        return (extended.images.to(self.device), extended.labels.to(self.device),
-                order[:self.steps_per_epoch * self.batch_size].to(self.device))
 
 
 def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",

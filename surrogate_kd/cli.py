@@ -1,51 +1,78 @@
-"""The command line: parse, build a config, call one library function, print its result.
+"""The command line: parse, call the library function of the same name, print its result.
 
-Every command is also a Python function of the same name (see api.py, demo.py, pool.py, augment.py).
-Bad input ends with a one-line `surrogate-kd: error: ...` and exit status 2.
+Every command is a function of `surrogate_kd.api` with the same name and the same options
+(`train-teacher --epochs 3` is `api.train_teacher(epochs=3)`). Options default to "unset" and
+only what the user gave is passed on, so the library owns every default (recipe.py for training)
+and `--help` shows the library's values. Bad input ends with one line, `surrogate-kd: error: ...`,
+and exit status 2.
 """
 
 import argparse
+import inspect
 import json
 import sys
-from dataclasses import replace
 
 from . import __version__
-from .config import TrainConfig, from_yaml, override, parse_assignments
+from .config import TrainConfig, parse_assignments
 from .errors import UserError
 
 
-def _train_config(args, base: TrainConfig) -> TrainConfig:
-    cfg = from_yaml(TrainConfig, args.config) if args.config else base
-    flags = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
-             "device": args.device, "regime": args.regime, "precision": args.precision}
-    if getattr(args, "tau", None) is not None:
-        flags["tau"] = args.tau
-    if getattr(args, "targets", None) is not None:
-        flags["targets"] = args.targets
-    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    if args.no_mixup:
-        cfg = replace(cfg, mixup=False)
-    return override(cfg, args.set)
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line and exit status 2 like every other bad input."""
+
+    def error(self, message: str):
+        print(f"surrogate-kd: error: {self.prog.removeprefix('surrogate-kd ')}: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
-def _source_params(items: list[str]) -> dict:
-    """--param KEY=VALUE items -> a synthetic source's keyword arguments (values read as YAML)."""
-    return dict(parse_assignments(items, "--param"))
+def _library(name: str):
+    from . import api
+
+    return getattr(api, name)
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: the paper's recipe; see TrainConfig)")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--regime", help="augmentation regime: none, standard, high, extreme")
-    g.add_argument("--no-mixup", action="store_true")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--precision", help="auto (bf16 where fast), bf16, fp32")
-    g.add_argument("--config", help="YAML file of TrainConfig defaults")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any TrainConfig field; augment.FIELD=VALUE for a regime field")
+def _default(command: str, name: str):
+    """The library's default for a parameter of a command, for --help."""
+    return inspect.signature(_library(command)).parameters[name].default
+
+
+def _add(p, command: str, flag: str, help: str, **kwargs) -> None:
+    """An option whose default is the library's (shown in --help), passed on only when given."""
+    dest = kwargs.pop("dest", flag.lstrip("-").replace("-", "_"))
+    default = _default(command, dest)
+    unset = default is inspect.Parameter.empty or default is None or kwargs.get("action") == "store_true"
+    shown = "" if unset else f" (default: {default})"
+    p.add_argument(flag, dest=dest, default=None, help=help + shown, **kwargs)
+
+
+def _add_training_flags(p) -> None:
+    d = TrainConfig()
+    g = p.add_argument_group("training (defaults: the recipe for the command and data kind, see recipe.py; "
+                             "--set KEY=VALUE reaches every TrainConfig field)")
+    g.add_argument("--epochs", type=float, help=f"passes over the set (default: {d.epochs:g})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate, cosine to 0 (default: {d.lr:g})")
+    g.add_argument("--batch-size", type=int, help=f"images per step, over all processes (default: {d.batch_size})")
+    g.add_argument("--regime", help="augmentation regime: none, standard, high, extreme "
+                                    "(default: standard; high for synthetic data when distilling)")
+    g.add_argument("--no-mixup", dest="mixup", action="store_const", const=False,
+                   help="no mixup (default: mixup for students, none for teachers)")
+    g.add_argument("--seed", type=int, help=f"fixes weights, data order and augmentation (default: {d.seed})")
+    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default: {d.device})")
+    g.add_argument("--precision", help=f"auto (bf16 where fast), bf16, fp32 (default: {d.precision})")
+    g.add_argument("--config", help="YAML file of TrainConfig settings, layered over the defaults")
+    g.add_argument("--set", dest="settings", action="append", metavar="KEY=VALUE",
+                   help="set any TrainConfig field, e.g. tau=4; augment.FIELD=VALUE for a regime field; repeatable")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace another run in --out (never a teacher, never files that are not a run)")
+
+
+def _call(command: str, args) -> dict:
+    """Call the library function with the options the user gave (unset ones keep the library's defaults)."""
+    fn = _library(command)
+    accepted = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command")}
+    return fn(**{k: v for k, v in given.items() if k in accepted or takes_any})
 
 
 def _print(result) -> None:
@@ -56,219 +83,209 @@ def _print(result) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2, default=str))
 
 
-def cmd_train_teacher(args):
-    from .api import train_teacher
+def _params(args) -> None:
+    """--param KEY=VALUE items -> a synthetic source's keyword arguments (values read as YAML)."""
+    if args.params is not None:
+        args.params = dict(parse_assignments(args.params, "--param"))
 
-    cfg = _train_config(args, TrainConfig(regime="standard", mixup=False))
-    _print(train_teacher(args.data, args.out, args.arch, cfg, eval_data=args.eval_data, download=args.download))
+
+def cmd_train_teacher(args):
+    _print(_call("train_teacher", args))
 
 
 def cmd_distill(args):
-    from .api import DEFAULT_TAU, default_data_kind, distill
-
-    kind = args.data_kind or default_data_kind(args.data)
-    base = TrainConfig(tau=DEFAULT_TAU.get(kind, 4.0), regime="high" if kind == "synthetic" else "standard")
-    cfg = _train_config(args, base)
-    boundary = None
-    if args.boundary_every_epoch and not args.boundary_fraction:
-        raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
-    if args.boundary_fraction:
-        boundary = {"fraction": args.boundary_fraction, "targets": args.boundary_targets}
-        if args.boundary_every_epoch:
-            boundary["every_epoch"] = True
-    params = _source_params(args.param)
-    if params:
-        from .select import is_source
-
-        if not is_source(args.data):
-            raise UserError(f"--param sets a synthetic source's parameters; '{args.data}' is not a source")
-    _print(distill(args.teacher, args.data, args.out, args.student, cfg, data_kind=kind, candidates=args.candidates,
-                   per_class=None if args.per_class == 0 else args.per_class, stream=args.stream,
-                   eval_data=args.eval_data, download=args.download, boundary=boundary,
-                   source_params=params or None))
+    _params(args)
+    _print(_call("distill", args))
 
 
 def cmd_evaluate(args):
-    from .api import evaluate
-
-    _print(evaluate(args.model, args.data, teacher=args.teacher, device=args.device or "auto", download=args.download))
+    _print(_call("evaluate", args))
 
 
 def cmd_demo(args):
-    from .demo import demo
-
-    report = demo(args.out, quick=args.quick, device=args.device or "auto")
-    print(f"report: {args.out}/report.md")
+    report = _call("demo", args)
+    print(f"report: {report['out']}/report.md")
     print(report["table"])
 
 
 def cmd_synthesize(args):
-    from .pool import synthesize
-
-    path = synthesize(args.source, args.count, args.size, args.out, channels=args.channels, seed=args.seed,
-                      device=args.device or "cpu", overwrite=args.overwrite, **_source_params(args.param))
+    _params(args)
+    path = _call("synthesize", args)
     print(f"wrote {args.count} {args.source} images to {path}")
 
 
 def cmd_augment_preview(args):
-    from .augment import augment_preview, get_regime
-    from .data import open_images
-
-    images = open_images(args.data, args.size, args.channels)
-    if not 0 <= args.index < len(images):
-        raise UserError(f"--index {args.index} out of range: '{args.data}' has {len(images)} images")
-    regime = get_regime(args.regime, **dict(kv.split("=", 1) for kv in args.set))
-    print(augment_preview(images.images[args.index], regime, args.n, args.out, seed=args.seed))
+    print(_call("augment_preview", args))
 
 
 def cmd_boundary(args):
-    from .boundary import boundary
-
-    _print(boundary(args.teacher, args.data, args.out, fraction=args.fraction, targets=args.targets,
-                    threshold=args.threshold, max_steps=args.max_steps, epsilon=args.epsilon, seed=args.seed,
-                    device=args.device or "auto", overwrite=args.overwrite))
+    _print(_call("boundary", args))
 
 
 def cmd_select(args):
-    from .select import select
+    _print(_call("select", args))
 
-    _print(select(args.teacher, args.data, args.out, args.per_class, total=args.total, long_tail=args.long_tail,
-                  cap=args.cap, seed=args.seed, candidates=args.candidates, device=args.device or "auto",
-                  overwrite=args.overwrite, download=args.download))
+
+def cmd_split(args):
+    _print(_call("split", args))
 
 
 def cmd_score(args):
     from .report import markdown_table
-    from .score import TABLE_COLUMNS, score
+    from .score import TABLE_COLUMNS
 
-    rows = score(args.teacher, args.data, args.out, candidates=args.candidates, seed=args.seed,
-                 device=args.device or "auto")
+    rows = _call("score", args)
     print(markdown_table(rows, TABLE_COLUMNS))
-    print(f"report: {args.out}/score.json, {args.out}/class_histograms.png")
+    print(f"report: {args.out or _default('score', 'out')}/score.json, score.md, class_histograms.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="surrogate-kd",
-        description="Distill an image classifier into a smaller student without the data it was trained on.")
+    parser = _Parser(prog="surrogate-kd",
+                     description="Distill an image classifier into a smaller student without the data it was trained on.")
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    c = "train_teacher"
     p = sub.add_parser("train-teacher", help="train a teacher on labelled data (paper's teacher recipe)")
-    p.add_argument("--data", default="fashion-mnist", help="named dataset, .npz, or image folder")
-    p.add_argument("--arch", default="resnet_mini")
-    p.add_argument("--out", default="runs/teacher")
-    p.add_argument("--eval-data", help="labelled set to report accuracy on, e.g. fashion-mnist:test")
-    p.add_argument("--download", action="store_true", help="allow downloading named datasets")
+    _add(p, c, "--data", "named dataset (fashion-mnist, mnist, cifar10, cifar100), .npz, pool or image folder")
+    _add(p, c, "--arch", "architecture: a registered name, torchvision:NAME or timm:NAME")
+    _add(p, c, "--out", "run directory: weights, sidecar, metrics, result")
+    _add(p, c, "--eval-data", "labelled set to report accuracy on, e.g. fashion-mnist:test")
+    _add(p, c, "--download", "allow downloading named datasets", action="store_true")
     _add_training_flags(p)
     p.set_defaults(func=cmd_train_teacher)
 
+    c = "distill"
     p = sub.add_parser("distill", help="distill a teacher into a student through surrogate data")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors with .json sidecar)")
-    p.add_argument("--data", required=True, help="shaders, leaves, noise, photos, a named dataset, .npz, pool or folder")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a parameter of the synthetic source in --data, e.g. figure=0; repeatable")
-    p.add_argument("--student", default="convnet_tiny")
-    p.add_argument("--out", default="runs/student")
-    p.add_argument("--data-kind", choices=["real", "synthetic"], help="picks tau (2 real / 20 synthetic) and regime")
-    p.add_argument("--tau", type=float)
-    p.add_argument("--targets", choices=["soft", "onehot", "smoothed"])
-    p.add_argument("--candidates", type=int, default=50000, help="images drawn before teacher-balanced selection")
-    p.add_argument("--per-class", type=int, default=2000, help="images kept per predicted class (0: keep all)")
-    p.add_argument("--stream", action="store_true",
-                   help="fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0")
-    p.add_argument("--boundary-fraction", type=float, default=0.0,
-                   help="attack this fraction of the candidates for decision-boundary samples (paper Sect. 4.1)")
-    p.add_argument("--boundary-targets", default="least-predicted", choices=["random", "nearest", "least-predicted"])
-    p.add_argument("--boundary-every-epoch", action="store_true",
-                   help="recompute the boundary samples from the selected set at every epoch (default: once, "
-                        "added to the candidates before selection)")
-    p.add_argument("--eval-data", help="labelled set to report accuracy on, e.g. fashion-mnist:test")
-    p.add_argument("--download", action="store_true")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors with its .json sidecar)")
+    p.add_argument("--data", required=True,
+                   help="shaders, leaves, noise, photos, a named dataset, .npz, pool or image folder")
+    _add(p, c, "--param", "a parameter of the synthetic source in --data, e.g. figure=0; repeatable",
+         dest="params", action="append", metavar="KEY=VALUE")
+    _add(p, c, "--student", "student architecture")
+    _add(p, c, "--out", "run directory: weights, sidecar, metrics, result, samples.png")
+    _add(p, c, "--data-kind", "picks the recipe (tau, regime); default: synthetic for sources but photos, else real",
+         choices=["real", "synthetic"])
+    p.add_argument("--tau", type=float, help="KD temperature (default: 2 for real data, 20 for synthetic)")
+    p.add_argument("--targets", choices=["soft", "onehot", "smoothed"], help="KD targets (default: soft)")
+    _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
+    _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)
+    _add(p, c, "--stream", "fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0",
+         action="store_true")
+    _add(p, c, "--boundary-fraction", "attack this fraction of the candidates for decision-boundary samples "
+                                      "(paper Sect. 4.1)", type=float)
+    _add(p, c, "--boundary-targets", "class each boundary pair is pushed towards",
+         choices=["random", "nearest", "least-predicted"])
+    _add(p, c, "--boundary-every-epoch", "recompute the boundary samples from the selected set every epoch "
+                                         "(default: once, added to the candidates before selection)",
+         action="store_true")
+    _add(p, c, "--eval-data", "labelled set to report accuracy on, e.g. fashion-mnist:test")
+    _add(p, c, "--download", "allow downloading named datasets", action="store_true")
     _add_training_flags(p)
     p.set_defaults(func=cmd_distill)
 
+    c = "evaluate"
     p = sub.add_parser("evaluate", help="accuracy of a model on a labelled set")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--teacher", help="also report agreement with this teacher")
-    p.add_argument("--device")
-    p.add_argument("--download", action="store_true")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors with its .json sidecar)")
+    p.add_argument("--data", required=True, help="labelled set: named dataset, .npz, pool or image folder")
+    _add(p, c, "--teacher", "also report agreement with this teacher")
+    _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
+    _add(p, c, "--download", "allow downloading named datasets", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    c = "demo"
     p = sub.add_parser("demo", help="Fashion-MNIST teacher distilled through five data sources; writes a report")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a tiny budget, for checking the pipeline (minutes)")
-    p.add_argument("--device")
+    _add(p, c, "--out", "folder for the runs and report.md")
+    _add(p, c, "--quick", "a tiny budget, for checking the pipeline (minutes)", action="store_true")
+    _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_demo)
 
+    c = "synthesize"
     p = sub.add_parser("synthesize", help="write a pool of synthetic images")
     p.add_argument("source", help="shaders, leaves, noise, photos")
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--device")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a source parameter, e.g. figure=0 (shaders), shapes=400 (leaves); repeatable")
+    p.add_argument("--count", type=int, required=True, help="images to render")
+    p.add_argument("--out", required=True, help="the pool directory to write")
+    _add(p, c, "--size", "image side in pixels", type=int)
+    _add(p, c, "--channels", "1 or 3", type=int)
+    _add(p, c, "--seed", "stream seed: image i is a pure function of (seed, i)", type=int)
+    _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
+    _add(p, c, "--device", "cpu, cuda, cuda:N")
+    _add(p, c, "--param", "a source parameter, e.g. figure=0 (shaders), shapes=400 (leaves); repeatable",
+         dest="params", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_synthesize)
 
+    c = "augment_preview"
     p = sub.add_parser("augment-preview", help="one image under many draws of an augmentation regime")
-    p.add_argument("--data", required=True)
-    p.add_argument("--regime", default="high")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a regime field")
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--index", type=int, default=0)
-    p.add_argument("-n", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="augment-preview.png")
+    p.add_argument("--data", required=True, help="image set: named dataset, .npz, pool or image folder")
+    _add(p, c, "--regime", "none, standard, high, extreme")
+    _add(p, c, "--set", "override a regime field, e.g. elastic_p=0; repeatable", dest="settings",
+         action="append", metavar="KEY=VALUE")
+    _add(p, c, "--size", "image side in pixels", type=int)
+    _add(p, c, "--channels", "1 or 3", type=int)
+    _add(p, c, "--index", "which image of the set", type=int)
+    _add(p, c, "-n", "number of draws", type=int, dest="n")
+    _add(p, c, "--seed", "draws' seed", type=int)
+    _add(p, c, "--out", "PNG file to write")
     p.set_defaults(func=cmd_augment_preview)
 
+    c = "boundary"
     p = sub.add_parser("boundary", help="add decision-boundary samples (pairs + deeper copies) to an image set")
-    p.add_argument("--teacher", required=True)
+    p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--data", required=True, help="a pool, named dataset, .npz or image folder")
     p.add_argument("--out", required=True, help="the pool to write: the images plus the samples, teacher-labelled")
-    p.add_argument("--fraction", type=float, default=1.0, help="share of the images to attack")
-    p.add_argument("--targets", choices=["random", "nearest", "least-predicted"], default="random")
-    p.add_argument("--threshold", type=float, default=0.9, help="max top softmax of both images of a pair")
-    p.add_argument("--max-steps", type=int, default=20)
-    p.add_argument("--epsilon", type=float, default=32 / 255, help="L-inf budget in [0, 1] pixel units")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--overwrite", action="store_true")
+    _add(p, c, "--fraction", "share of the images to attack", type=float)
+    _add(p, c, "--targets", "class each pair is pushed towards", choices=["random", "nearest", "least-predicted"])
+    _add(p, c, "--threshold", "max top softmax of both images of a pair", type=float)
+    _add(p, c, "--max-steps", "attack steps per image", type=int)
+    _add(p, c, "--epsilon", "L-inf budget in [0, 1] pixel units", type=float)
+    _add(p, c, "--seed", "which images are attacked, and their targets", type=int)
+    _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
+    _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
     p.set_defaults(func=cmd_boundary)
 
+    c = "select"
     p = sub.add_parser("select", help="the paper's teacher-balanced set D_K (or a long-tail one) as a pool")
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--data", required=True, help="shaders, leaves, noise, photos, a named dataset, .npz, pool or folder")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint")
+    p.add_argument("--data", required=True,
+                   help="shaders, leaves, noise, photos, a named dataset, .npz, pool or image folder")
     p.add_argument("--per-class", type=int, required=True, help="images per predicted class (N_i)")
-    p.add_argument("--total", type=int, help="images in all (default per-class x classes); kept when classes are missing")
-    p.add_argument("--long-tail", type=float, metavar="RATIO", help="quotas decay geometrically, largest/smallest = RATIO")
-    p.add_argument("--cap", type=int, default=50000, help="at most this many images (paper: 50K)")
-    p.add_argument("--candidates", type=int, default=50000, help="images drawn from a source, or sampled from a set (0: all)")
     p.add_argument("--out", required=True, help="the pool to write: images, teacher labels and logits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--download", action="store_true")
+    _add(p, c, "--total", "images in all (default per-class x classes); kept when classes are missing", type=int)
+    _add(p, c, "--long-tail", "quotas decay geometrically, largest/smallest = RATIO", type=float, metavar="RATIO")
+    _add(p, c, "--cap", "at most this many images (paper: 50K)", type=int)
+    _add(p, c, "--candidates", "images drawn from a source, or sampled from a set (0: all)", type=int)
+    _add(p, c, "--seed", "candidates and draws", type=int)
+    _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
+    _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
+    _add(p, c, "--download", "allow downloading named datasets", action="store_true")
     p.set_defaults(func=cmd_select)
 
+    c = "split"
+    p = sub.add_parser("split", help="split a labelled real set into in-domain and out-of-domain pools by a class map")
+    p.add_argument("--data", required=True, help="labelled set: named dataset, .npz, pool or image folder")
+    p.add_argument("--class-map", required=True, help="YAML/JSON: every teacher class -> the dataset labels showing it")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (for its class names)")
+    p.add_argument("--out", required=True, help="folder for the pools id/ and ood/")
+    _add(p, c, "--overwrite", "replace pools at --out", action="store_true")
+    p.set_defaults(func=cmd_split)
+
+    c = "score"
     p = sub.add_parser("score", help="rank candidate distillation sets for a teacher, without distilling")
-    p.add_argument("--teacher", required=True)
+    p.add_argument("--teacher", required=True, help="teacher checkpoint")
     p.add_argument("--data", required=True, action="append", help="an image set or source; repeat for several")
-    p.add_argument("--candidates", type=int, default=10000, help="images scored per set (0: all of a stored set)")
-    p.add_argument("--out", default="runs/score", help="folder for score.json, score.md, class_histograms.png")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    _add(p, c, "--candidates", "images scored per set (0: all of a stored set)", type=int)
+    _add(p, c, "--out", "folder for score.json, score.md, class_histograms.png")
+    _add(p, c, "--seed", "which candidates", type=int)
+    _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_score)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+        return int(e.code or 0)
     try:
         args.func(args)
     except UserError as e:

@@ -1,6 +1,13 @@
-"""Frozen dataclasses, one per concern. YAML files only supply defaults; CLI flags override."""
+"""Frozen dataclasses, one per concern, checked when made: a bad value is a one-line error at once.
 
-from dataclasses import asdict, dataclass, field, fields, replace
+The library's defaults per command and data kind live in recipe.py; a YAML file (--config) and
+KEY=VALUE settings (--set) are layered over them there, never replacing them wholesale.
+"""
+
+import math
+import types
+import typing
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import UserError
@@ -59,6 +66,119 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard events to the run directory (needs tensorboard)
     checkpoint_every: float = 1.0  # epochs between resumable-state saves
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        positive = ("batch_size", "lr", "tau", "log_every", "checkpoint_every")
+        for name in positive:
+            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        _require(self.budget_images is None or self.budget_images > 0,
+                 f"budget_images must be positive, got {self.budget_images}")
+        for name in ("weight_decay", "warmup_epochs", "eval_every", "seed"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _require(self.targets in ("soft", "onehot", "smoothed"),
+                 f"unknown KD targets '{self.targets}'; valid: soft, onehot, smoothed")
+        _require(self.precision in ("auto", "bf16", "fp32"),
+                 f"unknown precision '{self.precision}'; valid: auto, bf16, fp32")
+        from .augment import get_regime
+
+        get_regime(self.regime, **dict(self.regime_overrides))  # an unknown regime or field fails here
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    """Decision-boundary samples (paper Sect. 4.1): which share of the set to attack, and how."""
+
+    fraction: float = 0.1
+    targets: str = "least-predicted"  # random | nearest | least-predicted
+    every_epoch: bool = False  # afresh from the selected set every epoch, instead of once before selection
+    threshold: float = 0.9
+    max_steps: int = 20
+    epsilon: float = 32 / 255
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _require(0 < self.fraction <= 1, f"boundary fraction must be in (0, 1], got {self.fraction}")
+        _require(self.targets in ("random", "nearest", "least-predicted"),
+                 f"unknown boundary targets '{self.targets}'; valid: random, nearest, least-predicted")
+        _require(0 < self.threshold <= 1, f"boundary threshold must be in (0, 1], got {self.threshold}")
+        _require(self.max_steps > 0, f"boundary max_steps must be positive, got {self.max_steps}")
+        _require(self.epsilon > 0, f"boundary epsilon must be positive, got {self.epsilon}")
+
+    def attack(self) -> dict:
+        """Keyword arguments of boundary.boundary_pairs."""
+        return {"targets": self.targets, "threshold": self.threshold, "max_steps": self.max_steps,
+                "epsilon": self.epsilon}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the student is shown: a source or image set, how it is selected, streamed and extended.
+
+    candidates: images drawn from a source (or sampled from a set; 0 keeps a set whole) before
+    teacher-balanced selection keeps `per_class` per predicted class (None: keep every candidate).
+    stream: fresh synthetic images every step instead of a fixed set.
+    """
+
+    data: str
+    candidates: int = 50000
+    per_class: int | None = 2000
+    stream: bool = False
+    source_params: tuple[tuple[str, Any], ...] = ()
+    boundary: BoundaryConfig | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _require(bool(self.data), "no distillation data given")
+        _require(self.candidates >= 0, f"candidates must be >= 0, got {self.candidates}")
+        _require(self.per_class is None or self.per_class > 0,
+                 f"per-class count must be positive (or None to keep all), got {self.per_class}")
+        _require(not (self.stream and self.boundary), "boundary samples need a fixed set; drop stream or boundary")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether `value` fits a field annotation (int, float, str, bool, tuples, X | None, nested configs)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is Any:
+        return True
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if (origin or annotation) is tuple:
+        return isinstance(value, tuple)
+    return isinstance(value, annotation)
+
+
+def check_types(cfg) -> None:
+    """UserError naming the first field whose value has the wrong type (e.g. lr=abc, epochs=[1, 2])."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _accepts(f.type, value):
+            raise UserError(f"{f.name} must be {_describe_type(f.type)}, got {value!r}")
+
+
+def _describe_type(annotation) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in typing.get_args(annotation))
+    if (typing.get_origin(annotation) or annotation) is tuple:
+        return "a list"
+    return words.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
 
 def parse_assignments(items: list[str], option: str = "--set") -> list[tuple[str, Any]]:
     """`key=value` strings from the command line (--set, --param) -> (key, value) pairs, values read as YAML."""
@@ -69,38 +189,15 @@ def parse_assignments(items: list[str], option: str = "--set") -> list[tuple[str
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"{option} expects KEY=VALUE, got '{item}'")
-        pairs.append((key, yaml.safe_load(raw)))
+        try:
+            pairs.append((key, yaml.safe_load(raw)))
+        except yaml.YAMLError:
+            raise UserError(f"{option} {key}: cannot read the value '{raw}'") from None
     return pairs
 
 
-def override(cfg, assignments: list[str]):
-    """Apply `key=value` strings (the CLI's --set) to a frozen dataclass, parsing values as YAML.
-
-    For a TrainConfig, `augment.FIELD=VALUE` sets one field of the augmentation regime (it joins
-    `regime_overrides`), e.g. `augment.randaugment_n=0`.
-    """
-    names = {f.name: f for f in fields(cfg)}
-    changes, regime_fields = {}, {}
-    for key, value in parse_assignments(assignments):
-        if key.startswith("augment.") and "regime_overrides" in names:
-            regime_fields[key.removeprefix("augment.")] = value
-            continue
-        if key not in names:
-            hint = "; augment.FIELD for a field of the augmentation regime" if "regime_overrides" in names else ""
-            raise UserError(f"unknown setting '{key}'; valid: {', '.join(sorted(names))}{hint}")
-        changes[key] = tuple(value) if isinstance(value, list) else value
-    cfg = replace(cfg, **changes)
-    if regime_fields:
-        from .augment import get_regime
-
-        merged = {**dict(cfg.regime_overrides), **regime_fields}
-        get_regime(cfg.regime, **merged)  # an unknown field or a bad value is an error now, not at step 0
-        cfg = replace(cfg, regime_overrides=tuple(merged.items()))
-    return cfg
-
-
-def from_yaml(cls, path: str):
-    """Defaults for `cls` from a YAML mapping; unknown keys are an error, not silently dropped."""
+def read_settings(path: str) -> dict[str, Any]:
+    """A YAML mapping of setting: value (a --config file); checked against the fields by `override`."""
     import yaml
 
     try:
@@ -108,14 +205,32 @@ def from_yaml(cls, path: str):
             data = yaml.safe_load(f) or {}
     except OSError as e:
         raise UserError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of setting: value")
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise UserError(f"config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return data
 
 
-def to_dict(cfg) -> dict:
-    return asdict(cfg)
+def override(cfg, settings: "list[str] | dict[str, Any] | None"):
+    """`cfg` with some fields replaced: `settings` is a dict, or `key=value` strings (--set) read as YAML.
+
+    Lists become tuples. For a TrainConfig, `augment.FIELD` sets one field of the augmentation
+    regime (it joins `regime_overrides`), e.g. `augment.randaugment_n=0`. Unknown names and bad
+    values are one-line errors.
+    """
+    pairs = parse_assignments(settings) if isinstance(settings, list) else list((settings or {}).items())
+    names = {f.name for f in fields(cfg)}
+    changes, regime_fields = {}, {}
+    for key, value in pairs:
+        if key.startswith("augment.") and "regime_overrides" in names:
+            regime_fields[key.removeprefix("augment.")] = value
+            continue
+        if key not in names:
+            hint = "; augment.FIELD for a field of the augmentation regime" if "regime_overrides" in names else ""
+            raise UserError(f"unknown setting '{key}'; valid: {', '.join(sorted(names))}{hint}")
+        changes[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+    cfg = replace(cfg, **changes)
+    if regime_fields:
+        cfg = replace(cfg, regime_overrides=tuple({**dict(cfg.regime_overrides), **regime_fields}.items()))
+    return cfg

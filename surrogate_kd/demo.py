@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .api import distill, train_teacher
-from .checkpoint import atomic_write_text, provenance
+from .checkpoint import provenance
+from .files import atomic_write_text, writable_directory
 from .config import TrainConfig
 from .data import FASHION_MNIST_CLASSES
+from .recipe import describe
 from .report import markdown_table, plot_bars, plot_class_histograms
 
 DEMO_SOURCES = ("original", "shaders", "leaves", "noise", "photos")
@@ -33,7 +35,8 @@ class DemoRecipe:
     The students' budget is what lifts synthetic data most (shaders, one teacher: 200k images
     0.79, 300k 0.82, 400k 0.85), so the teacher is the 163k-parameter convnet_24: its forward
     pass, half of every KD step, is cheap enough to afford 250k images (7 epochs gave it
-    0.9136-0.9162 over three runs: CPU training is not bit-reproducible run to run). The budgets
+    0.9136-0.9162 over three runs before --seed fixed the initial weights too; now one seed gives
+    one teacher on a given machine and torch build). The budgets
     leave the demo about 15% under 15 minutes, as much as this VM's speed varies.
     """
 
@@ -57,29 +60,25 @@ QUICK = DemoRecipe(teacher=replace(DemoRecipe.teacher, epochs=0.2), candidates=3
                    student_original=replace(DemoRecipe.student_original, budget_images=1024, batch_size=128))
 
 
-def describe(cfg: TrainConfig) -> str:
-    """A short human description of a recipe for the report's 'recipe' column."""
-    overrides = ",".join(f"{k}={v}" for k, v in cfg.regime_overrides)
-    budget = f"{cfg.budget_images:,} images" if cfg.budget_images else f"{cfg.epochs:g} epochs"
-    return (f"{budget}, batch {cfg.batch_size}, lr {cfg.lr:g}, tau {cfg.tau:g}, {cfg.regime}{'(' + overrides + ')' if overrides else ''}, "
-            f"mixup {'on' if cfg.mixup else 'off'}")
-
-
 def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto", recipe: DemoRecipe | None = None,
          sources: tuple[str, ...] = DEMO_SOURCES) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if "photos" in sources:  # its packages are checked now, not after the teacher and four students
+        from .sources.photos import load_photos
+
+        load_photos()
+    writable_directory(out)
     recipe = recipe or (QUICK if quick else DemoRecipe())
     started = time.perf_counter()
-    teacher = train_teacher("fashion-mnist", out / "teacher", recipe.teacher_arch, replace(recipe.teacher, device=device),
-                            eval_data="fashion-mnist:test")
+    teacher = train_teacher("fashion-mnist", out / "teacher", recipe.teacher_arch,
+                            config=replace(recipe.teacher, device=device), eval_data="fashion-mnist:test")
     how = "reused" if teacher.get("reused") else f"{teacher['seconds']:.0f} s"
     print(f"teacher {recipe.teacher_arch}: test accuracy {teacher['test_accuracy']:.4f} ({how})", flush=True)
     students = []
     for source in sources:
         cfg = recipe.student_original if source == "original" else recipe.student
         result = distill(out / "teacher" / "model.safetensors", "fashion-mnist" if source == "original" else source,
-                         out / f"student-{source}", recipe.student_arch, replace(cfg, device=device),
+                         out / f"student-{source}", recipe.student_arch, config=replace(cfg, device=device),
                          candidates=recipe.candidates, per_class=recipe.per_class, eval_data="fashion-mnist:test")
         row = {"source": source, "relative_entropy": result["relative_entropy"], "test_accuracy": result["test_accuracy"],
                "seconds": result["seconds"], "parameters": result["parameters"], "recipe": describe(cfg),
@@ -113,6 +112,7 @@ def write_report(out: Path, recipe: DemoRecipe, teacher: dict, students: list[di
         "total_seconds": round(seconds, 1),
         **provenance(),
         "table": table,
+        "out": str(out),
     }
     how = "reused from cache" if teacher.get("reused") else f"trained in {teacher['seconds']:.0f} s"
     md = ["# surrogate-kd demo report", "",

@@ -9,10 +9,8 @@ intervals, so it can later be captured whole in a CUDA graph.
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +18,13 @@ from tqdm.auto import tqdm
 
 from . import parallel
 from .augment import augment, get_regime, mixup
+from .batches import Batches
 from .checkpoint import load_state, save_state
 from .config import TrainConfig
 from .data import ImageSet
 from .errors import UserError
+from .rundir import METRICS_FILE, STATE_FILE, as_json
+from .runtime import autocast_context, inference_copy, predict, resolve_device
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -34,164 +35,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
     log_p_student = F.log_softmax(student_logits.float() / tau, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * tau**2
-
-
-# --------------------------------------------------------------------------- devices
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available")
-    return torch.device(name)
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast where it is fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else nothing."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"unknown precision '{precision}'; valid: auto, bf16, fp32")
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "auto":
-        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
-        if not fast:
-            return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-# --------------------------------------------------------------------------- batch streams
-
-class Batches(Protocol):
-    """Where a training loop's uint8 batches come from; `batch(step)` is a pure function of step,
-    which is what makes a resumed run identical to an uninterrupted one, and lets every rank of a
-    data-parallel run compute the same global batch and keep its own rows of it (parallel.py)."""
-
-    steps_per_epoch: int
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
-
-
-class EpochBatches:
-    """Batches drawn per epoch from images (re)built for that epoch: the shared `batch(step)`.
-
-    A subclass implements `_epoch_data(epoch) -> (images, labels or None, order)`, a pure function
-    of the epoch; `batch(step)` serves rows order[position*B:(position+1)*B] of the current
-    epoch's images and rebuilds them when the step enters a new epoch (only that one is kept).
-    """
-
-    batch_size: int
-    steps_per_epoch: int
-    _epoch: int = -1
-
-    def _epoch_data(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        raise NotImplementedError
-
-    @staticmethod
-    def _check_fills_a_batch(images: ImageSet, batch_size: int) -> None:
-        """Epochs drop their last partial batch (static shapes): a set must hold one whole batch."""
-        if len(images) < batch_size:
-            raise UserError(f"image set '{images.name}' has {len(images)} images, fewer than one batch of {batch_size}")
-
-    def batch(self, step: int):
-        epoch, position = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._images, self._labels, self._order = self._epoch_data(epoch)
-            self._epoch = epoch
-        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        return self._images[index], None if self._labels is None else self._labels[index]
-
-
-class ArrayBatches(EpochBatches):
-    """Shuffled epochs over an in-memory image set (drops the last partial batch: static shapes)."""
-
-    def __init__(self, images: ImageSet, batch_size: int, seed: int, device: torch.device):
-        self._check_fills_a_batch(images, batch_size)
-        self.images = images.images.to(device)  # (N, C, H, W) uint8
-        self.labels = None if images.labels is None else images.labels.to(device)
-        self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.steps_per_epoch = len(images) // batch_size
-
-    def _epoch_data(self, epoch: int):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return self.images, self.labels, torch.randperm(len(self.images), generator=g).to(self.device)
-
-
-class SourceBatches:
-    """Fresh synthetic images every step from a registered source: no pool on disk at all."""
-
-    def __init__(self, source: str, size: int, channels: int, batch_size: int, seed: int,
-                 device: torch.device, epoch_size: int, **params):
-        from .sources import render
-
-        self.render = lambda start: render(source, seed, start, batch_size, size, channels, device, **params)
-        self.batch_size = batch_size
-        self.steps_per_epoch = max(1, epoch_size // batch_size)
-
-    def batch(self, step: int):
-        return self.render(step * self.batch_size), None
-
-
-# --------------------------------------------------------------------------- evaluation
-
-def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen eval-mode copy of `model` for forward passes only, BatchNorm folded into its convs.
-
-    A frozen teacher runs a forward pass every distillation step; folding its BatchNorms (torch.fx)
-    made the demo teacher's forward about 20% faster on CPU (benchmarks/bench_augment.py reports the
-    KD step). Networks fx cannot trace are used as they are.
-    """
-    import copy
-
-    from torch.fx.experimental.optimization import fuse
-
-    if isinstance(model, torch.jit.ScriptModule):  # cannot be copied or traced: used as it is
-        return model.eval()
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    try:  # fuse() works on its own copy, so a failure leaves `frozen` intact
-        if isinstance(getattr(frozen, "net", None), torch.nn.Module):  # ImageClassifier: fold the network
-            frozen.net = fuse(frozen.net)
-        else:
-            frozen = fuse(frozen)
-    except Exception:  # untraceable control flow (some timm/torchvision models): unfolded is still correct
-        pass
-    return frozen
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1024, device: torch.device | None = None,
-            precision: str = "auto", progress: str | None = None) -> torch.Tensor:
-    """Logits (N, K) float32 on the CPU for uint8 images (N, C, H, W), in eval mode."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    starts = range(0, images.shape[0], batch_size)
-    with autocast_context(device, precision):
-        for start in tqdm(starts, desc=progress, leave=False, disable=progress is None or not parallel.is_main()):
-            x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
-            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    model.train(was_training)
-    return torch.cat(out)
-
-
-def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                    reference_logits: torch.Tensor | None = None) -> dict:
-    """Top-1 accuracy, per-class accuracy and, given a reference (the teacher), agreement with it."""
-    pred = logits.argmax(1)
-    correct = (pred == labels).float()
-    per_class = torch.zeros(num_classes).index_add_(0, labels, correct) / torch.bincount(labels, minlength=num_classes).clamp(min=1)
-    result = {"accuracy": correct.mean().item(), "per_class_accuracy": [round(a, 4) for a in per_class.tolist()]}
-    if reference_logits is not None:
-        result["teacher_agreement"] = (pred == reference_logits.argmax(1)).float().mean().item()
-    return result
 
 
 # --------------------------------------------------------------------------- the loop
@@ -256,6 +99,22 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
     return step
 
 
+def _metrics_from(path: Path, step: int):
+    """metrics.jsonl opened for appending after the lines of steps <= `step` (the resumed step): lines
+    a killed run logged past its last saved state are dropped, so a resumed run never repeats them."""
+    kept = []
+    if step and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the kill
+    with open(path, "w") as f:
+        f.writelines(kept)
+    return open(path, "a")
+
+
 def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher: torch.nn.Module | None = None,
           eval_set: ImageSet | None = None, run_dir: Path | None = None, desc: str = "train",
           run_identity: dict | None = None) -> TrainResult:
@@ -290,24 +149,27 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     else:
         total_steps = max(1, round(cfg.epochs * batches.steps_per_epoch))
     step_fn = make_step(step_model, optimizer, cfg, teacher)
-    config_record = json.loads(json.dumps({"train": asdict(cfg), "run": run_identity}, default=str))
+    config_record = as_json({"train": asdict(cfg), "run": run_identity})
 
     start_step = 0
+    mean_loss, eval_accuracy = float("nan"), None
     state_path = metrics_file = None
     if run_dir is not None:
         # Rank 0 reads the state and hands it to every rank (alone: just reads it).
-        state = parallel.from_main(lambda: load_state(run_dir / "state.pt"))
+        state = parallel.from_main(lambda: load_state(run_dir / STATE_FILE))
         if state is not None:
-            if state["config"] != config_record:
+            if state.get("config") != config_record:
                 raise UserError(f"{run_dir} holds a run with a different config; use another output or delete "
-                                f"{run_dir / 'state.pt'}")
+                                f"{run_dir / STATE_FILE}")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])  # whatever a model draws itself (dropout) continues as it would have
             start_step = int(state["step"])
+            mean_loss, eval_accuracy = state["loss"], state["eval_accuracy"]
         if parallel.is_main():  # one writer of metrics and state
             run_dir.mkdir(parents=True, exist_ok=True)
-            state_path = run_dir / "state.pt"
-            metrics_file = open(run_dir / "metrics.jsonl", "a")
+            state_path = run_dir / STATE_FILE
+            metrics_file = _metrics_from(run_dir / METRICS_FILE, start_step)
     board = None
     if cfg.tensorboard and run_dir is not None:
         try:
@@ -329,6 +191,7 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     def save(step: int):
         if state_path is not None:
             save_state(state_path, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "rng": torch.get_rng_state(), "loss": mean_loss, "eval_accuracy": eval_accuracy,
                                     "config": config_record})
 
     def accuracy() -> float:
@@ -338,8 +201,6 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     # eval_every 0: evaluate once, at the end (each pass over a held-out set costs seconds on a CPU).
     eval_steps = max(1, round(cfg.eval_every * batches.steps_per_epoch)) if cfg.eval_every > 0 else total_steps
     save_steps = max(1, round(cfg.checkpoint_every * batches.steps_per_epoch))
-    mean_loss = float("nan")
-    eval_accuracy = None
     running_loss = torch.zeros((), device=device)
     loss_count, window_start, window_step = 0, time.perf_counter(), start_step
     started = time.perf_counter()
@@ -382,7 +243,8 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
                             ips=f"{rate:.0f}")
             running_loss.zero_()
             loss_count, window_start, window_step = 0, time.perf_counter(), done
-        if done % save_steps == 0 and done < total_steps:
+        if done % save_steps == 0 or done == total_steps:
+            # At the end too: a run killed before its weights are committed resumes with nothing to redo.
             save(done)
     bar.close()
     parallel.sync_buffers(model)  # every rank returns rank 0's model

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .select import class_histogram, load_candidates, load_teacher, relative_entropy
+from .files import writable_directory
+from .runtime import predict, resolve_device
+from .teacher import class_histogram, load_candidates, load_teacher, relative_entropy
 
 THUMBNAIL = 8  # side of the thumbnails whose spread is the pixel-space diversity figure
 
@@ -92,8 +94,6 @@ def distillability(row: dict) -> float:
 
 def teacher_features(teacher, images: torch.Tensor, logits: torch.Tensor, device, batch_size: int):
     """(N, D) penultimate features, or the logits when the architecture exposes none (named in the row)."""
-    from .distill import predict
-
     if not hasattr(teacher.net, "features"):
         return logits, "logits"
     return predict(_Penultimate(teacher), images, batch_size=batch_size, device=device), "penultimate"
@@ -108,10 +108,10 @@ def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidat
     so every set is measured at the same size. With `out_dir`, writes score.json, score.md and
     class_histograms.png there.
     """
-    from .distill import resolve_device
-
     if not datas:
         raise UserError("score needs at least one image set")
+    if out_dir is not None:
+        writable_directory(Path(out_dir))  # a bad --out fails now, not after every set is scored
     model = load_teacher(teacher)
     dev = resolve_device(device)
     rows = []
@@ -136,7 +136,7 @@ TABLE_COLUMNS = [("data", "image set"), ("distillability", "distillability"), ("
 
 def write_report(rows: list[dict], classes: list[str], out: Path) -> str:
     """score.json, score.md (the table) and class_histograms.png in `out`; returns the table."""
-    from .checkpoint import atomic_write_text
+    from .files import atomic_write_text
     from .report import markdown_table, plot_class_histograms
 
     out.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from surrogate_kd.boundary import (GREY_LEVEL, EpochBoundaryBatches, bold_driver, boundary_pairs, choose_targets,
-                                   level_deficits)
 from surrogate_kd.api import train_teacher
+from surrogate_kd.batches import EpochBoundaryBatches
+from surrogate_kd.boundary import GREY_LEVEL, bold_driver, boundary_pairs, choose_targets, level_deficits
 from surrogate_kd.checkpoint import load_model
 from surrogate_kd.cli import main
 from surrogate_kd.config import InputSpec, TrainConfig
 from surrogate_kd.data import ImageSet, open_images
-from surrogate_kd.distill import predict
+from surrogate_kd.runtime import predict
 from surrogate_kd.errors import UserError
 from surrogate_kd.models import ImageClassifier
 
@@ -253,7 +253,7 @@ def test_cli_writes_a_pool_of_originals_plus_samples_labelled_by_the_teacher(tmp
     # A briefly trained teacher (an untrained one is near-constant, with no boundary within reach);
     # its training is not bit-reproducible on CPU, so the budget is wide enough for any of them.
     cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", mixup=False, regime="none")
-    train_teacher(str(tiny_dataset), tmp_path / "teacher", "convnet_tiny", cfg)
+    train_teacher(str(tiny_dataset), tmp_path / "teacher", "convnet_tiny", config=cfg)
     checkpoint = str(tmp_path / "teacher" / "model.safetensors")
     out = tmp_path / "boundary-pool"
     assert main(["boundary", "--teacher", checkpoint, "--data", str(tiny_dataset), "--out", str(out),
@@ -293,7 +293,7 @@ def test_every_epoch_batches_bring_fresh_samples_each_epoch_and_resume_identical
 
 def test_distill_cli_recomputes_boundary_samples_every_epoch(tmp_path, tiny_dataset, capsys):
     cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", mixup=False, regime="none")
-    train_teacher(str(tiny_dataset), tmp_path / "teacher", "convnet_tiny", cfg)
+    train_teacher(str(tiny_dataset), tmp_path / "teacher", "convnet_tiny", config=cfg)
     checkpoint = str(tmp_path / "teacher" / "model.safetensors")
     common = ["distill", "--teacher", checkpoint, "--data", str(tiny_dataset), "--student", "convnet_tiny",
               "--per-class", "64", "--set", "batch_size=32", "--set", "epochs=2", "--set", "device=cpu"]

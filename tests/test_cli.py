@@ -127,8 +127,10 @@ def test_student_of_a_retrained_teacher_is_not_reused(tmp_path, tiny_dataset, te
     retrained = load_model(own)
     with __import__("torch").no_grad():
         retrained.net.fc.weight.add_(1.0)
-    save_model(retrained, own)  # same path, other weights
-    assert main(args) == 0
+    save_model(retrained, own)  # same path, other weights: the finished student is another run's now
+    assert main(args) == 2
+    assert "teacher_fingerprint" in error_line(capsys)
+    assert main([*args, "--overwrite"]) == 0
     assert "reused" not in json.loads(capsys.readouterr().out)
 
 
@@ -137,7 +139,7 @@ def test_distill_passes_source_parameters(tmp_path, tiny_dataset, teacher, capsy
               "--per-class", "16", *TINY]
     assert main([*common, "--data", "shaders", "--param", "figure=0", "--out", str(tmp_path / "s")]) == 0
     result = json.loads((tmp_path / "s" / "result.json").read_text())
-    assert result["config"]["source_params"] == {"figure": 0}
+    assert dict(result["config"]["data"]["source_params"]) == {"figure": 0}
     capsys.readouterr()
     assert main([*common, "--data", str(tiny_dataset), "--param", "figure=0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

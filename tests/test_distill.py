@@ -1,16 +1,16 @@
 """The KD loss against hand-computed values, and the one loop on tiny models and data."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
+from surrogate_kd.batches import ArrayBatches
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.data import ImageSet, open_images
-from surrogate_kd.distill import ArrayBatches, inference_copy, kd_loss, learning_rate, train
+from surrogate_kd.distill import kd_loss, learning_rate, train
 from surrogate_kd.errors import UserError
-from surrogate_kd.models import ImageClassifier, build_model
 
 
 def test_kd_loss_matches_hand_computation():
@@ -40,32 +40,11 @@ def test_learning_rate_is_half_period_cosine():
     assert learning_rate(cfg, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
-class TinyConvNet(nn.Module):
-    """Two convolutions and global pooling: learns the fixture's 4 patterns in seconds."""
-
-    def __init__(self, num_classes=4, in_channels=1):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
-def tiny_model(spec):
-    return ImageClassifier(TinyConvNet(len(spec.classes), spec.channels), "tiny_conv", spec)
-
-
-FAST = TrainConfig(epochs=4, batch_size=64, lr=0.1, tau=2.0, regime="none", mixup=False, precision="fp32",
-                   channels_last=False, log_every=5)
-
-
-def test_teacher_training_then_distillation_learn_the_task(tiny_dataset, tiny_spec):
+def test_teacher_training_then_distillation_learn_the_task(tiny_dataset, tiny_spec, tiny_model, fast_config):
     data = open_images(str(tiny_dataset))
     teacher = tiny_model(tiny_spec)
     torch.manual_seed(0)
-    run = train(teacher, ArrayBatches(data, 64, 0, torch.device("cpu")), FAST, eval_set=data)
+    run = train(teacher, ArrayBatches(data, 64, 0, torch.device("cpu")), fast_config, eval_set=data)
     assert run.eval_accuracy > 0.95
 
     # Distil through the same images without their labels: the student matches the teacher.
@@ -73,13 +52,13 @@ def test_teacher_training_then_distillation_learn_the_task(tiny_dataset, tiny_sp
     student = tiny_model(tiny_spec)
     teacher.zero_grad(set_to_none=True)
     weights_before = [p.clone() for p in teacher.parameters()]
-    run = train(student, ArrayBatches(unlabelled, 64, 0, torch.device("cpu")), FAST, teacher=teacher, eval_set=data)
+    run = train(student, ArrayBatches(unlabelled, 64, 0, torch.device("cpu")), fast_config, teacher=teacher, eval_set=data)
     assert run.eval_accuracy > 0.95
     assert all(torch.equal(a, b) for a, b in zip(weights_before, teacher.parameters())), "teacher must stay frozen"
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_mixup_and_augmentation_path_runs_and_learns(tiny_dataset, tiny_spec):
+def test_mixup_and_augmentation_path_runs_and_learns(tiny_dataset, tiny_spec, tiny_model):
     data = open_images(str(tiny_dataset))
     model = tiny_model(tiny_spec)
     torch.manual_seed(0)
@@ -89,19 +68,7 @@ def test_mixup_and_augmentation_path_runs_and_learns(tiny_dataset, tiny_spec):
     assert run.eval_accuracy > 0.9
 
 
-class InterruptAt:
-    """Batches that raise KeyboardInterrupt at a given step, like a user pressing Ctrl-C."""
-
-    def __init__(self, inner, step):
-        self.inner, self.step, self.steps_per_epoch = inner, step, inner.steps_per_epoch
-
-    def batch(self, step):
-        if step == self.step:
-            raise KeyboardInterrupt
-        return self.inner.batch(step)
-
-
-def test_interrupted_run_resumes_to_identical_weights(tiny_dataset, tiny_spec, tmp_path):
+def test_interrupted_run_resumes_to_identical_weights(tiny_dataset, tiny_spec, tiny_model, interrupt_at, tmp_path):
     data = open_images(str(tiny_dataset))
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.2, regime="standard", mixup=True, precision="fp32",
                       channels_last=False, checkpoint_every=1, regime_overrides=(("randaugment_n", 0),))
@@ -114,7 +81,7 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_dataset, tiny_spec, t
     torch.manual_seed(0)
     interrupted = tiny_model(tiny_spec)
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted, InterruptAt(batches, 13), cfg, run_dir=tmp_path / "run")  # state saved at step 8
+        train(interrupted, interrupt_at(batches, 13), cfg, run_dir=tmp_path / "run")  # state saved at step 8
     assert (tmp_path / "run" / "state.pt").exists()
     torch.manual_seed(123)  # a different init: everything must come from the saved state
     resumed = tiny_model(tiny_spec)
@@ -125,51 +92,24 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_dataset, tiny_spec, t
     # Resuming with a different config is refused rather than silently mixing two runs.
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(tiny_spec), InterruptAt(batches, 13), cfg, run_dir=tmp_path / "other")
-    from dataclasses import replace
+        train(tiny_model(tiny_spec), interrupt_at(batches, 13), cfg, run_dir=tmp_path / "other")
     with pytest.raises(UserError, match="different config"):
         train(tiny_model(tiny_spec), batches, replace(cfg, lr=0.3), run_dir=tmp_path / "other")
     # ...and so is resuming a run that was defined by another teacher (same training config).
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(tiny_spec), InterruptAt(batches, 13), cfg, run_dir=tmp_path / "third",
+        train(tiny_model(tiny_spec), interrupt_at(batches, 13), cfg, run_dir=tmp_path / "third",
               run_identity={"teacher_fingerprint": "aaaa"})
     with pytest.raises(UserError, match="different config"):
         train(tiny_model(tiny_spec), batches, cfg, run_dir=tmp_path / "third", run_identity={"teacher_fingerprint": "bbbb"})
 
 
-def test_fewer_images_than_a_batch_is_a_clear_error(tiny_spec):
-    tiny = ImageSet(torch.zeros(10, 1, 16, 16, dtype=torch.uint8), None, None, "ten")
-    with pytest.raises(UserError, match="fewer than one batch"):
-        ArrayBatches(tiny, 64, 0, torch.device("cpu"))
-
-
-def test_tensorboard_without_the_package_is_a_clear_error(tiny_dataset, tiny_spec, tmp_path):
+def test_tensorboard_without_the_package_is_a_clear_error(tiny_dataset, tiny_spec, tiny_model, fast_config, tmp_path):
     try:
         import tensorboard  # noqa: F401
         pytest.skip("tensorboard is installed here")
     except ImportError:
         pass
-    from dataclasses import replace
     data = open_images(str(tiny_dataset))
     with pytest.raises(UserError, match="pip install tensorboard"):
-        train(tiny_model(tiny_spec), ArrayBatches(data, 64, 0, torch.device("cpu")), replace(FAST, tensorboard=True),
+        train(tiny_model(tiny_spec), ArrayBatches(data, 64, 0, torch.device("cpu")), replace(fast_config, tensorboard=True),
               run_dir=tmp_path / "run")
-
-
-def test_inference_copy_folds_batchnorm_without_changing_outputs_or_the_original(tiny_spec):
-    teacher = build_model("convnet_tiny", tiny_spec)
-    with torch.no_grad():  # non-trivial running statistics, as a trained teacher has
-        for bn in (m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
-    teacher.train()
-    x = torch.rand(8, tiny_spec.channels, tiny_spec.size, tiny_spec.size)
-    frozen = inference_copy(teacher)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules()), "BatchNorm folded into the convs"
-    assert not any(p.requires_grad for p in frozen.parameters())
-    assert teacher.training and all(p.requires_grad for p in teacher.parameters()), "the caller's module is untouched"
-    with torch.no_grad():
-        torch.testing.assert_close(frozen(x), teacher.eval()(x), rtol=1e-4, atol=1e-4)
-    scripted = torch.jit.script(nn.Linear(2, 2))
-    assert inference_copy(scripted) is scripted  # cannot be copied or traced: used as it is

@@ -11,20 +11,44 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from surrogate_kd import parallel
+from surrogate_kd.batches import ArrayBatches
 from surrogate_kd.cli import main
+from surrogate_kd.config import TrainConfig
 from surrogate_kd.data import open_images
-from surrogate_kd.distill import ArrayBatches, train
+from surrogate_kd.distill import train
 from surrogate_kd.errors import UserError
-from test_distill import FAST, InterruptAt, tiny_model
 
-CFG = replace(FAST, epochs=2, log_every=4, checkpoint_every=1, device="cpu")  # 16 steps of 64
+
+@dataclass(frozen=True)
+class Tiny:
+    """What a rank needs to build and train tiny models: conftest's helpers, handed to spawned
+    processes by pickle (a fixture cannot reach them)."""
+
+    model: Callable  # spec -> ImageClassifier
+    interrupt_at: type  # (batches, step) -> batches that raise KeyboardInterrupt at step
+    config: TrainConfig  # 16 steps of 64
+
+    def train(self, data, spec, seed: int = 0, batch_sizes: set | None = None, **kwargs):
+        """A tiny model trained on `config`; `batch_sizes` collects the sizes of the batches it trained on."""
+        torch.manual_seed(seed)
+        model = self.model(spec)
+        if batch_sizes is not None:
+            model.register_forward_pre_hook(lambda module, args: batch_sizes.add(args[0].shape[0]) if module.training else None)
+        run = train(model, ArrayBatches(data, self.config.batch_size, 0, torch.device("cpu")), self.config, **kwargs)
+        return model, run
+
+
+@pytest.fixture
+def tiny(tiny_model, interrupt_at, fast_config) -> Tiny:
+    return Tiny(tiny_model, interrupt_at, replace(fast_config, epochs=2, log_every=4, checkpoint_every=1, device="cpu"))
 
 
 @pytest.fixture
@@ -42,17 +66,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_tiny(data, spec, seed: int = 0, batch_sizes: set | None = None, **kwargs):
-    """A tiny model trained on CFG; `batch_sizes` collects the sizes of the batches it trained on."""
-    torch.manual_seed(seed)
-    model = tiny_model(spec)
-    if batch_sizes is not None:
-        model.register_forward_pre_hook(lambda module, args: batch_sizes.add(args[0].shape[0]) if module.training else None)
-    run = train(model, ArrayBatches(data, CFG.batch_size, 0, torch.device("cpu")), CFG, **kwargs)
-    return model, run
-
-
-def rank_worker(rank: int, port: int, dataset, spec, out):
+def rank_worker(rank: int, port: int, dataset, spec, out, tiny: Tiny):
     """One of two ranks, as torchrun would start it: a full run, an interrupted and resumed one, and
     one where the ranks' batches differ."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -61,17 +75,17 @@ def rank_worker(rank: int, port: int, dataset, spec, out):
     gc.disable()  # no automatic collection: whatever is freed before exit, parallel.shutdown frees
     data = open_images(str(dataset))
     batch_sizes = set()
-    model, run = train_tiny(data, spec, batch_sizes=batch_sizes, eval_set=data, run_dir=out / "full")
+    model, run = tiny.train(data, spec, batch_sizes=batch_sizes, eval_set=data, run_dir=out / "full")
 
-    batches = ArrayBatches(data, CFG.batch_size, 0, torch.device("cpu"))
+    batches = ArrayBatches(data, tiny.config.batch_size, 0, torch.device("cpu"))
     torch.manual_seed(0)
     try:
-        train(tiny_model(spec), InterruptAt(batches, 11), CFG, run_dir=out / "resumed")  # state saved at step 8
+        train(tiny.model(spec), tiny.interrupt_at(batches, 11), tiny.config, run_dir=out / "resumed")  # state saved at step 8
     except KeyboardInterrupt:
         pass
-    resumed, _ = train_tiny(data, spec, seed=123, run_dir=out / "resumed")  # another init: all from state.pt
+    resumed, _ = tiny.train(data, spec, seed=123, run_dir=out / "resumed")  # another init: all from state.pt
     with pytest.raises(UserError, match="disagree on the training batch"):  # as if each had other data
-        train(tiny_model(spec), ArrayBatches(data, CFG.batch_size, rank, torch.device("cpu")), CFG)
+        train(tiny.model(spec), ArrayBatches(data, tiny.config.batch_size, rank, torch.device("cpu")), tiny.config)
     parallel.shutdown()
     # The interrupted and refused runs' DDP wrappers sat in reference cycles through their
     # tracebacks; left for interpreter exit, they can abort the process (see parallel.shutdown).
@@ -81,14 +95,14 @@ def rank_worker(rank: int, port: int, dataset, spec, out):
                out / f"rank{rank}.pt")
 
 
-def test_two_ranks_train_like_one_process_and_resume_together(tiny_dataset, tiny_spec, tmp_path, one_thread):
+def test_two_ranks_train_like_one_process_and_resume_together(tiny_dataset, tiny_spec, tiny, tmp_path, one_thread):
     data = open_images(str(tiny_dataset))
-    alone, alone_run = train_tiny(data, tiny_spec, eval_set=data)
+    alone, alone_run = tiny.train(data, tiny_spec, eval_set=data)
 
-    mp.spawn(rank_worker, args=(free_port(), tiny_dataset, tiny_spec, tmp_path), nprocs=2)
+    mp.spawn(rank_worker, args=(free_port(), tiny_dataset, tiny_spec, tmp_path, tiny), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["wrappers_left"] == ranks[1]["wrappers_left"] == 0, "no DDP wrapper outlives the process group"
-    assert ranks[0]["batch_sizes"] == ranks[1]["batch_sizes"] == {CFG.batch_size // 2}, "each rank trains on half"
+    assert ranks[0]["batch_sizes"] == ranks[1]["batch_sizes"] == {tiny.config.batch_size // 2}, "each rank trains on half"
     for name, weights in alone.state_dict().items():
         # Rank 0 and rank 1 hold the very same weights; each half-batch's gradient averaged over
         # the ranks is the whole batch's gradient, so the pair trains as one process does.

@@ -1,0 +1,75 @@
+"""The library owns every default: the same arguments through the API and the CLI give the same run."""
+
+import json
+
+import pytest
+
+from surrogate_kd import api
+from surrogate_kd.cli import main
+from surrogate_kd.config import TrainConfig
+from surrogate_kd.recipe import distill_recipe, resolve, teacher_recipe
+
+TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
+TINY_API = dict(epochs=1, batch_size=32, device="cpu", precision="fp32")
+
+
+def identity(run) -> dict:
+    return json.loads((run / "run.json").read_text())["identity"]
+
+
+@pytest.fixture(scope="module")
+def settings_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "recipe.yaml"
+    path.write_text("budget_images: 64\nlr: 0.05\n")
+    return path
+
+
+def test_train_teacher_api_and_cli_resolve_the_same_config(tmp_path, tiny_dataset, settings_file):
+    assert main(["train-teacher", "--data", str(tiny_dataset), "--arch", "convnet_tiny", "--out", str(tmp_path / "cli"),
+                 "--config", str(settings_file), "--set", "nesterov=true", *TINY_CLI]) == 0
+    api.train_teacher(str(tiny_dataset), tmp_path / "api", "convnet_tiny", config=str(settings_file),
+                      settings=["nesterov=true"], **TINY_API)
+    assert identity(tmp_path / "cli") == identity(tmp_path / "api")
+    train = identity(tmp_path / "api")["train"]
+    assert train["mixup"] is False and train["regime"] == "standard", "the teacher recipe, not TrainConfig's defaults"
+    assert train["lr"] == 0.05 and train["budget_images"] == 64 and train["nesterov"] is True
+
+
+def test_distill_api_and_cli_resolve_the_same_config(tmp_path, tiny_dataset, settings_file):
+    teacher = tmp_path / "teacher"
+    api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)
+    common = ["--teacher", str(teacher / "model.safetensors"), "--data", "shaders", "--candidates", "128",
+              "--per-class", "8", "--param", "figure=0", "--config", str(settings_file), "--no-mixup"]
+    assert main(["distill", *common, "--out", str(tmp_path / "cli"), "--tau", "4", *TINY_CLI]) == 0
+    api.distill(teacher / "model.safetensors", "shaders", tmp_path / "api", candidates=128, per_class=8,
+                params={"figure": 0}, config=str(settings_file), mixup=False, tau=4, **TINY_API)
+    cli, lib = identity(tmp_path / "cli"), identity(tmp_path / "api")
+    assert cli == lib
+    assert lib["train"]["regime"] == "high", "a config file that sets other fields keeps the synthetic-data regime"
+
+
+def test_layers_replace_only_what_they_name(tmp_path):
+    synthetic = distill_recipe("synthetic")
+    cfg = resolve(synthetic, {"budget_images": 1000}, ["augment.elastic_p=0"], lr=0.05, tau=None)
+    assert (cfg.tau, cfg.regime, cfg.mixup) == (synthetic.tau, "high", True)  # kept from the recipe
+    assert (cfg.budget_images, cfg.lr, dict(cfg.regime_overrides)) == (1000, 0.05, {"elastic_p": 0.0})
+    assert resolve(teacher_recipe(), TrainConfig(epochs=3)) == TrainConfig(epochs=3), "a whole config is taken as is"
+
+
+def test_every_command_is_a_library_function_with_the_same_options():
+    """Each CLI option of a command is a parameter of the api function of the same name."""
+    import argparse
+    import inspect
+
+    from surrogate_kd.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        fn = getattr(api, name.replace("-", "_"))
+        params = inspect.signature(fn).parameters
+        takes_settings = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        for action in sub._actions:
+            if action.dest in ("help",) or action.dest in params:
+                continue
+            assert takes_settings and action.dest in {f for f in TrainConfig.__dataclass_fields__}, (name, action.dest)
