@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ test-all: setup
 bench: setup
 	$(PY) benchmarks/bench_sources.py
 	$(PY) benchmarks/bench_augment.py
+
+# The GPU training path in one run (at most 5 minutes on one H100/H200); exits 1 without CUDA.
+# `$(PY) benchmarks/bench_gpu.py --dry-run` runs the same pipeline on a CPU with tiny sizes.
+bench-gpu: setup
+	$(PY) benchmarks/bench_gpu.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -64,17 +64,19 @@ class TrainConfig:
     eval_every: float = 1.0  # epochs between evaluations on the held-out set, if one is given (0: at the end)
     log_every: int = 50  # steps between metric lines
     tensorboard: bool = False  # also write TensorBoard events to the run directory (needs tensorboard)
-    checkpoint_every: float = 1.0  # epochs between resumable-state saves
+    checkpoint_minutes: float = 5.0  # wall time between resumable-state saves (and one at the end)
+    checkpoint_every: float = 0.0  # also every this many epochs (0: by time only)
+    capture: bool = True  # on CUDA, replay the whole step as one CUDA graph (capture.py); false: eager
 
     def __post_init__(self) -> None:
         check_types(self)
-        positive = ("batch_size", "lr", "tau", "log_every", "checkpoint_every")
+        positive = ("batch_size", "lr", "tau", "log_every", "checkpoint_minutes")
         for name in positive:
             _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         _require(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
         _require(self.budget_images is None or self.budget_images > 0,
                  f"budget_images must be positive, got {self.budget_images}")
-        for name in ("weight_decay", "warmup_epochs", "eval_every", "seed"):
+        for name in ("weight_decay", "warmup_epochs", "eval_every", "checkpoint_every", "seed"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")

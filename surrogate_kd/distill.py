@@ -8,7 +8,9 @@ intervals, so it can later be captured whole in a CUDA graph.
 
 import json
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 from . import parallel
 from .augment import augment, get_regime, mixup
 from .batches import Batches
+from .capture import CapturedStep, capture_possible, sgd_update
 from .checkpoint import load_state, save_state
 from .config import TrainConfig
 from .data import ImageSet
@@ -58,17 +61,20 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
 
 
 def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-              teacher: torch.nn.Module | None = None):
+              teacher: torch.nn.Module | None = None, update: Callable[[], None] | None = None):
     """The optimisation step on one augmented batch, as the loop runs it (and the benchmarks time it).
 
     Returns step(x, labels=None, mix=None) -> the batch's loss (a detached device tensor: no host
     sync). x: (B, C, H, W) floats in [0, 1]; mix: (lambda, permutation) when x was mixed.
     Without a teacher: cross-entropy on labels (mixed like x); with one: KD on the teacher's
     logits for the very same x (soft targets) or on its argmax (one-hot / smoothed targets).
+    `update` replaces `optimizer.step()` (the captured step's tensor-lr SGD); autocast then keeps
+    no cast cache, which CUDA graphs need.
     """
     if cfg.targets not in ("soft", "onehot", "smoothed"):
         raise UserError(f"unknown KD targets '{cfg.targets}'; valid: soft, onehot, smoothed")
-    autocast = autocast_context(next(model.parameters()).device, cfg.precision)
+    autocast = autocast_context(next(model.parameters()).device, cfg.precision, cache=update is None)
+    update = update or optimizer.step
     smoothing = cfg.label_smoothing if cfg.targets == "smoothed" else 0.0
 
     def step(x: torch.Tensor, labels: torch.Tensor | None = None, mix: tuple | None = None) -> torch.Tensor:
@@ -93,10 +99,57 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
                     loss = F.cross_entropy(logits.float(), teacher_logits.argmax(1), label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        update()
         return loss.detach()
 
     return step
+
+
+def make_batch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    teacher: torch.nn.Module | None, device: torch.device, rank: int = 0):
+    """run(step, images, labels, lr) -> loss: augment, mix and train on one uint8 batch.
+
+    Draws come from one generator re-seeded for every step (and rank: each rank draws its own
+    views), so a step's augmentation is a function of (seed, step) and resume needs no RNG state.
+    On CUDA, alone, the whole step is captured as a CUDA graph (capture.py) unless capture=false.
+    """
+    regime = get_regime(cfg.regime, **dict(cfg.regime_overrides))
+    generator = torch.Generator(device=device)
+
+    def seed_step(step: int) -> None:
+        generator.manual_seed(cfg.seed * 1_000_003 + step + rank * 1_000_000_007)
+
+    def augmented(images: torch.Tensor):
+        x = augment(images, regime, generator)  # (B, C, H, W) float in [0, 1]
+        mix = None
+        if cfg.mixup:
+            x, lam, perm = mixup(x, generator, per_sample=cfg.mixup_per_sample)
+            mix = (lam, perm)
+        return (x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x), mix
+
+    train_step = make_step(model, optimizer, cfg, teacher)
+
+    def eager(images: torch.Tensor, labels: torch.Tensor | None, lr: float) -> torch.Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, mix = augmented(images)
+        return train_step(x, labels, mix)
+
+    def captured(images: torch.Tensor, labels: torch.Tensor | None, lr: torch.Tensor) -> torch.Tensor:
+        x, mix = augmented(images)
+        return make_step(model, optimizer, cfg, teacher, update=lambda: sgd_update(optimizer, lr))(x, labels, mix)
+
+    why_not = capture_possible(device, cfg.compile, parallel.world().size) if cfg.capture else "capture=false"
+    if why_not is None:
+        return CapturedStep(eager, captured, seed_step, generator, optimizer)
+    if device.type == "cuda" and parallel.is_main():
+        print(f"surrogate-kd: training step not captured as a CUDA graph: {why_not}", file=sys.stderr, flush=True)
+
+    def run(step: int, images: torch.Tensor, labels: torch.Tensor | None, lr: float) -> torch.Tensor:
+        seed_step(step)
+        return eager(images, labels, lr)
+
+    return run
 
 
 def _metrics_from(path: Path, step: int):
@@ -130,7 +183,6 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
     """
     device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
     world = parallel.world()
-    regime = get_regime(cfg.regime, **dict(cfg.regime_overrides))
     model.to(device).train()
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -148,7 +200,7 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
         total_steps = max(1, cfg.budget_images // cfg.batch_size)
     else:
         total_steps = max(1, round(cfg.epochs * batches.steps_per_epoch))
-    step_fn = make_step(step_model, optimizer, cfg, teacher)
+    run_step = make_batch_step(step_model, optimizer, cfg, teacher, device, world.rank)
     config_record = as_json({"train": asdict(cfg), "run": run_identity})
 
     start_step = 0
@@ -200,7 +252,10 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
 
     # eval_every 0: evaluate once, at the end (each pass over a held-out set costs seconds on a CPU).
     eval_steps = max(1, round(cfg.eval_every * batches.steps_per_epoch)) if cfg.eval_every > 0 else total_steps
-    save_steps = max(1, round(cfg.checkpoint_every * batches.steps_per_epoch))
+    # Resumable state every checkpoint_minutes of wall time (an epoch of a small set can last two
+    # seconds on a GPU: saving per epoch stalled the run), every checkpoint_every epochs if set, and at the end.
+    save_steps = round(cfg.checkpoint_every * batches.steps_per_epoch) if cfg.checkpoint_every else 0
+    last_save = time.perf_counter()
     running_loss = torch.zeros((), device=device)
     loss_count, window_start, window_step = 0, time.perf_counter(), start_step
     started = time.perf_counter()
@@ -208,20 +263,11 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
                dynamic_ncols=True, mininterval=1.0, disable=not parallel.is_main())
     for step in bar:
         lr = learning_rate(cfg, step, total_steps, batches.steps_per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         images, labels = batches.batch(step)  # (B, C, H, W) uint8 on device, (B,) or None
         if step == start_step:  # once a run (a no-op alone): every rank must cut the same global batch
             parallel.check_same(images, f"the training batch of step {step}")
         images, labels = parallel.share(images), parallel.share(labels)  # this rank's B / world rows
-        # One seeded generator per step (and rank: each rank draws its own views): augmentation is
-        # reproducible and resume needs no RNG state.
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + world.rank * 1_000_000_007)
-        x = augment(images, regime, generator)  # (B, C, H, W) float in [0, 1]
-        if cfg.mixup:
-            x, lam, perm = mixup(x, generator, per_sample=cfg.mixup_per_sample)
-        x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-        loss = step_fn(x, labels, (lam, perm) if cfg.mixup else None)
+        loss = run_step(step, images, labels, lr)
         running_loss += loss
         loss_count += 1
 
@@ -243,9 +289,11 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
                             ips=f"{rate:.0f}")
             running_loss.zero_()
             loss_count, window_start, window_step = 0, time.perf_counter(), done
-        if done % save_steps == 0 or done == total_steps:
+        due = time.perf_counter() - last_save >= cfg.checkpoint_minutes * 60
+        if done == total_steps or due or (save_steps and done % save_steps == 0):
             # At the end too: a run killed before its weights are committed resumes with nothing to redo.
             save(done)
+            last_save = time.perf_counter()
     bar.close()
     parallel.sync_buffers(model)  # every rank returns rank 0's model
     seconds = time.perf_counter() - started

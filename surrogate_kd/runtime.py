@@ -43,8 +43,11 @@ def _cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast where it is fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else nothing."""
+def autocast_context(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast where it is fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else nothing.
+
+    cache=False for a step captured as a CUDA graph: autocast's cache of cast weights would be
+    filled during capture and go stale (torch.cuda.make_graphed_callables asks for this)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"unknown precision '{precision}'; valid: auto, bf16, fp32")
     if precision == "fp32":
@@ -53,7 +56,7 @@ def autocast_context(device: torch.device, precision: str):
         fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_fast_bf16()
         if not fast:
             return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def inference_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -43,3 +43,24 @@ def test_an_incomplete_map_can_still_give_an_id_subset_and_a_bad_file_is_a_one_l
     with pytest.raises(UserError, match="cannot read class map") as error:
         split_by_class_map(dataset, tmp_path / "missing.yaml", planted.teacher())
     assert "\n" not in str(error.value)
+
+
+def test_split_command_writes_both_subsets_as_pools(tmp_path, capsys):
+    import numpy as np
+
+    from surrogate_kd.checkpoint import save_model
+    from surrogate_kd.cli import main
+    from surrogate_kd.config import InputSpec
+    from surrogate_kd.models import build_model
+    from surrogate_kd.pool import Pool
+
+    teacher = save_model(build_model("convnet_tiny", InputSpec(16, 1, (0.5,), (0.25,), ("cat", "dog"))),
+                         tmp_path / "teacher" / "model.safetensors")
+    np.savez(tmp_path / "real.npz", images=np.zeros((12, 16, 16), np.uint8), labels=np.arange(12) % 4)
+    (tmp_path / "map.yaml").write_text("cat: [0]\ndog: [2, 3]\n")
+    assert main(["split", "--data", str(tmp_path / "real.npz"), "--class-map", str(tmp_path / "map.yaml"),
+                 "--teacher", str(teacher), "--out", str(tmp_path / "pools")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"data": str(tmp_path / "real.npz"), "id": 9, "ood": 3}
+    in_domain, out_of_domain = Pool(tmp_path / "pools" / "id"), Pool(tmp_path / "pools" / "ood")
+    assert sorted(in_domain.labels.tolist()) == [0] * 3 + [1] * 6 and in_domain.manifest["classes"] == ["cat", "dog"]
+    assert out_of_domain.labels.tolist() == [1, 1, 1]

@@ -1,7 +1,6 @@
 """The demo end to end on a tiny budget: every source runs and the report has what users read."""
 
 import json
-from pathlib import Path
 
 import pytest
 
