@@ -35,7 +35,7 @@ from .errors import UserError
 from .models import build_model, count_parameters
 from .recipe import data_kind as default_data_kind
 from .recipe import describe, distill_recipe, resolve, teacher_recipe
-from .rundir import MODEL_FILE, RunDir, as_json
+from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
 from .teacher import is_source, load_teacher, teacher_fingerprint
 
@@ -262,6 +262,19 @@ def split(data: str, class_map, teacher, out: str | Path, overwrite: bool = Fals
                    overwrite=overwrite)
         result[name] = len(subset)
     return result
+
+
+def import_teacher(out: str | Path, weights: str | Path | None = None, arch: str | None = None,
+                   torchscript: str | Path | None = None, onnx: str | Path | None = None, classes=None,
+                   num_classes: int | None = None, size: int | None = None, channels: int | None = None,
+                   mean=None, std=None, preset: str | None = None, overwrite: bool = False) -> dict:
+    """A checkpoint directory at `out` from a state dict (`weights` + `arch`), a TorchScript file or an
+    ONNX model, every check done before anything is written (foreign.import_teacher)."""
+    from .foreign import import_teacher as write_checkpoint
+
+    return write_checkpoint(out, weights=weights, arch=arch, torchscript=torchscript, onnx=onnx, classes=classes,
+                            num_classes=num_classes, size=size, channels=channels, mean=mean, std=std,
+                            preset=preset, overwrite=overwrite)
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> dict:

@@ -8,6 +8,13 @@ the pair too confident (top softmax above the threshold) is reverted and halved.
 before success ("pre", not t) and the first at success ("post", t) straddle the boundary; one more
 signed step copies each deeper into its own class ("deeper" copies).
 
+A teacher without gradients (an ONNX model: `differentiable` False) gets the gradient-free
+variant, method "bisection": each attacked image is paired with an image the teacher labels t (a
+"partner"), and the segment between them is halved until its two ends sit one grey level or less
+apart on either side of t's boundary, where the teacher's top two classes tie; the deeper copies
+step back along the same segment, each into its own side. It needs only forward passes (a fixed
+number per image), and can only reach classes the teacher predicts for some partner image.
+
 Iterates live on the uint8 grid (multiples of 1/255), so what the attack checks is exactly what
 gets stored: a pair cannot swap sides when it is written to a pool.
 """
@@ -29,6 +36,10 @@ from .pool import _claim_output, write_pool
 from .teacher import class_histogram, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
+METHODS = ("auto", "gradient", "bisection")
+# Halvings of the segment: 2^-10 of the longest segment (255 grey levels) is a quarter grey level, so
+# more cannot change the rounded pair.
+BISECTION_STEPS = 10
 GROW, SHRINK = 1.1, 0.5  # Bold Driver factors, as in the authors' public code (issue 6)
 GREY_LEVEL = 1 / 255  # the smallest step a uint8 image can show
 ROLES = ("pre", "post", "pre_deeper", "post_deeper")
@@ -66,12 +77,15 @@ def level_deficits(counts: Tensor, budget: int) -> Tensor:
     return (level - counts.double()).clamp(min=0)
 
 
-def choose_targets(logits: Tensor, mode: str, generator: torch.Generator, class_counts: Tensor | None = None) -> Tensor:
+def choose_targets(logits: Tensor, mode: str, generator: torch.Generator, class_counts: Tensor | None = None,
+                   reachable: Tensor | None = None) -> Tensor:
     """(N, K) teacher logits -> (N,) target classes, never an image's predicted class.
 
     random: uniform over the other classes. nearest: the runner-up logit (smallest margin).
     least-predicted: drawn in proportion to how far each class falls short of a level histogram
     (`class_counts`, default the predictions on these images), to raise its relative entropy.
+    `reachable` (K,) bool limits the targets to those classes wherever an image has one (the
+    bisection attack needs an image of the target class to bisect towards).
     """
     if mode not in TARGET_MODES:
         raise UserError(f"unknown target mode '{mode}'; valid: {', '.join(TARGET_MODES)}")
@@ -79,6 +93,9 @@ def choose_targets(logits: Tensor, mode: str, generator: torch.Generator, class_
     predicted = logits.argmax(1)
     others = torch.ones(n, num_classes, dtype=torch.bool)
     others[torch.arange(n), predicted] = False
+    if reachable is not None:
+        limited = others & reachable.cpu()
+        others = torch.where(limited.any(1, keepdim=True), limited, others)
     if mode == "nearest":
         return logits.masked_fill(~others, -math.inf).argmax(1)
     weights = others.double()  # (N, K)
@@ -88,6 +105,17 @@ def choose_targets(logits: Tensor, mode: str, generator: torch.Generator, class_
         # An image whose own class is the only one short of the level still needs a target.
         weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, others.double())
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def choose_partners(targets: Tensor, partner_labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(N,) targets, (M,) partner labels -> (N,) index of a random partner labelled with each target,
+    and (N,) whether there is one (where not, the index is arbitrary)."""
+    counts = torch.bincount(partner_labels, minlength=int(targets.max()) + 1)  # (K,)
+    order = partner_labels.argsort(stable=True)  # partners grouped by label
+    first = counts.cumsum(0) - counts  # where each label's group starts in `order`
+    available = counts[targets]  # (N,)
+    pick = first[targets] + (torch.rand(len(targets), generator=generator) * available).long().clamp(min=0)
+    return order[pick.clamp(max=len(order) - 1)], available > 0
 
 
 # --------------------------------------------------------------------------- the attack
@@ -123,7 +151,8 @@ def _input_gradient(teacher: torch.nn.Module, x: Tensor, classes: Tensor, autoca
     except RuntimeError as error:
         reason = (str(error).strip().splitlines() or ["unknown error"])[0]
         raise UserError(f"boundary samples need the teacher's gradient with respect to its input, but {reason}; "
-                        "load the teacher outside torch.inference_mode and without no_grad in its forward") from None
+                        "load the teacher outside torch.inference_mode and without no_grad in its forward, or use the "
+                        "gradient-free method='bisection'") from None
     return logits.detach(), gradient
 
 
@@ -190,17 +219,85 @@ def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float,
             "labels": torch.stack([pre_class, targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
 
 
+def attack_method(teacher: torch.nn.Module, method: str = "auto") -> str:
+    """'gradient' or 'bisection': `auto` takes the gradient attack unless the teacher says it has no
+    gradients (`teacher.differentiable` False, as an ONNX teacher does)."""
+    if method not in METHODS:
+        raise UserError(f"unknown boundary method '{method}'; valid: {', '.join(METHODS)}")
+    if method == "auto":
+        return "gradient" if getattr(teacher, "differentiable", True) else "bisection"
+    return method
+
+
+def _bisect_batch(teacher, starts: Tensor, ends: Tensor, targets: Tensor, has_partner: Tensor, threshold: float,
+                  steps: int, step_size: float, autocast) -> dict[str, Tensor]:
+    """The gradient-free attack on one batch: uint8 images (B, C, H, W) towards partners `ends` the
+    teacher labels `targets` (B,), all on the device; forward passes only, no host sync.
+
+    Bisection on the segment x(a) = start + a (end - start), each point rounded to the uint8 grid
+    and judged as rounded: `lo` is never t, `hi` always t, and after `steps` halvings the pair
+    (x(lo), x(hi)) straddles t's boundary, where the teacher's top two classes tie. The deeper
+    copies step back along the segment, each into its own side, by as long (in L2) as a signed
+    step of `step_size` of the gradient attack. Returns the same fields as `_attack_batch`.
+    """
+    start, end = starts.float().div(255), ends.float().div(255)  # (B, C, H, W)
+    direction = end - start
+
+    def logits_of(x: Tensor) -> Tensor:
+        with torch.no_grad(), autocast:
+            return teacher(x.contiguous(memory_format=torch.channels_last)).float()
+
+    lo, hi = torch.zeros_like(targets, dtype=torch.float32), torch.ones_like(targets, dtype=torch.float32)
+    lo_logits, hi_logits = logits_of(start), logits_of(end)
+    crossed = has_partner & (lo_logits.argmax(1) != targets) & (hi_logits.argmax(1) == targets)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        mid_logits = logits_of(_on_segment(start, direction, mid))
+        is_target = mid_logits.argmax(1) == targets  # (B,)
+        hi, lo = torch.where(is_target, mid, hi), torch.where(is_target, lo, mid)
+        hi_logits = torch.where(is_target[:, None], mid_logits, hi_logits)
+        lo_logits = torch.where(is_target[:, None], lo_logits, mid_logits)
+    within = crossed & (lo_logits.softmax(1).amax(1) <= threshold) & (hi_logits.softmax(1).amax(1) <= threshold)
+
+    kept = within.nonzero().flatten()  # (K,)
+    start, direction, lo, hi = start[kept], direction[kept], lo[kept], hi[kept]
+    length = direction.flatten(1).norm(dim=1).clamp(min=1e-12)  # (K,) L2 length of each segment
+    deeper = step_size * direction[0].numel() ** 0.5 / length if kept.numel() else lo  # the step, in fractions
+    pre, post = _on_segment(start, direction, lo), _on_segment(start, direction, hi)
+    pre_deeper = _on_segment(start, direction, (lo - deeper).clamp(min=0))
+    post_deeper = _on_segment(start, direction, (hi + deeper).clamp(max=1))
+    pre_class = lo_logits[kept].argmax(1)
+    deeper_classes = (logits_of(torch.cat([pre_deeper, post_deeper])).argmax(1) if kept.numel()
+                      else torch.cat([pre_class, pre_class]))
+    samples = torch.stack([pre, post, pre_deeper, post_deeper])  # (4, K, C, H, W) on the uint8 grid
+    return {"crossed": crossed, "within": within, "steps": crossed.long() * steps, "kept": kept,
+            "images": samples.mul(255).round().to(torch.uint8),
+            "labels": torch.stack([pre_class, targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
+
+
+def _on_segment(start: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
+    """start + alpha * direction per image (alpha (B,)), rounded to the uint8 grid."""
+    return (start + alpha.view(-1, 1, 1, 1) * direction).mul(255).round().div(255)
+
+
 @torch.inference_mode(False)  # a caller in inference mode still gets normal, differentiable tensors here
 def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "random", threshold: float = 0.9,
                    max_steps: int = 20, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
                    batch_size: int = 256, device: torch.device | None = None, precision: str = "auto",
-                   class_counts: Tensor | None = None) -> BoundaryResult:
+                   class_counts: Tensor | None = None, method: str = "auto",
+                   partners: tuple[Tensor, Tensor] | None = None) -> BoundaryResult:
     """Boundary pairs and their deeper copies for images (N, C, H, W), uint8 or float in [0, 1].
 
     Only pairs that crossed within `max_steps` and sit within `threshold` (both images' top
     softmax) are kept. `class_counts` (K,) is the teacher's prediction histogram of the set the
     samples will join (default: of `images`): least-predicted targets fill its rarest classes and
     the summary reports it before and after. The teacher is used in eval mode and left unchanged.
+
+    `method`: "gradient" (the signed-gradient attack), "bisection" (gradient-free: forward passes
+    only, min(max_steps, 10) halvings; epsilon does not apply) or "auto" (bisection when the
+    teacher has no gradients). Bisection pairs each image with a partner the teacher labels with
+    its target: from `partners` (uint8 images (M, C, H, W), teacher labels (M,)), by default the
+    attacked images themselves; targets are drawn among the partners' classes.
     """
     if images.dim() != 4 or images.shape[0] == 0:
         raise UserError(f"boundary samples need a non-empty batch of images (N, C, H, W), got {tuple(images.shape)}")
@@ -222,14 +319,28 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     num_classes = logits.shape[1]
     if num_classes < 2:
         raise UserError("boundary samples need a teacher with at least two classes")
-    target = choose_targets(logits, targets, torch.Generator().manual_seed(seed), class_counts)
+    method = attack_method(teacher, method)
+    generator = torch.Generator().manual_seed(seed)
+    if method == "bisection":
+        partner_images, partner_labels = partners if partners is not None else (images, logits.argmax(1))
+        partner_labels = partner_labels.cpu()
+        reachable = class_histogram(partner_labels, num_classes) > 0
+        target = choose_targets(logits, targets, generator, class_counts, reachable)
+        partner, has_partner = choose_partners(target, partner_labels, generator)
+    else:
+        target = choose_targets(logits, targets, generator, class_counts)
 
     parts = []
     try:
         for start in range(0, len(images), batch_size):
             chunk = slice(start, start + batch_size)
-            out = _attack_batch(teacher, images[chunk].to(device), target[chunk].to(device), threshold, max_steps,
-                                epsilon, step_size, autocast)
+            if method == "bisection":
+                out = _bisect_batch(teacher, images[chunk].to(device), partner_images[partner[chunk]].to(device),
+                                    target[chunk].to(device), has_partner[chunk].to(device), threshold,
+                                    min(max_steps, BISECTION_STEPS), step_size, autocast)
+            else:
+                out = _attack_batch(teacher, images[chunk].to(device), target[chunk].to(device), threshold,
+                                    max_steps, epsilon, step_size, autocast)
             parts.append({**{k: v.cpu() for k, v in out.items()}, "kept": out["kept"].cpu() + start})
     finally:
         teacher.train(was_training)
@@ -243,14 +354,23 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()
     after = before + class_histogram(result.labels, num_classes)
     succeeded = int(crossed.sum())
+    if method == "bisection":  # forward passes only: both ends, the halvings, the deeper copies
+        cost = {"gradients_per_image": 0.0, "forwards_per_image":
+                round(2 + min(max_steps, BISECTION_STEPS) + 2 * len(kept) / len(images), 2),
+                "unreachable": int((~has_partner).sum())}
+    else:  # teacher forward + backward passes per attacked image (first gradient, steps, deeper pre)
+        cost = {"gradients_per_image": round((len(images) + int(steps.sum()) + len(kept)) / len(images), 2)}
+    pre, _ = result.part("pre")
     result.summary = {
-        "attacked": len(images), "targets": targets, "threshold": threshold, "max_steps": max_steps,
-        "epsilon": round(epsilon, 6), "success_rate": round(succeeded / len(images), 4),
+        "method": method, "attacked": len(images), "targets": targets, "threshold": threshold,
+        "max_steps": max_steps, "epsilon": round(epsilon, 6), "success_rate": round(succeeded / len(images), 4),
         "mean_steps": round(steps[crossed].float().mean().item(), 2) if succeeded else None,
         "within_threshold": round(len(kept) / succeeded, 4) if succeeded else None,
-        "pairs": len(kept), "samples": len(result.labels),
-        # The cost: teacher forward + backward passes per attacked image (first gradient, steps, deeper pre).
-        "gradients_per_image": round((len(images) + int(steps.sum()) + len(kept)) / len(images), 2),
+        "pairs": len(kept), "samples": len(result.labels), **cost,
+        # How far the pairs lie from the images attacked: L-inf, in grey levels (at most epsilon's for
+        # the gradient attack; anywhere on the segment to the partner for bisection).
+        "mean_distance": round((pre.int() - images[kept].int()).abs().flatten(1).amax(1).float().mean().item(), 1)
+        if len(kept) else None,
         # + 0.0: a one-class histogram reads 0.0, not -0.0
         "class_histogram_before": before.tolist(), "relative_entropy_before": round(relative_entropy(before), 4) + 0.0,
         "class_histogram_after": after.tolist(), "relative_entropy_after": round(relative_entropy(after), 4) + 0.0,
@@ -276,6 +396,8 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     counts = class_histogram(labels, len(teacher.spec.classes))
     count = max(1, round(fraction * len(image_set)))
     chosen = torch.randperm(len(image_set), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    if attack_method(teacher, attack.get("method", "auto")) == "bisection":
+        attack.setdefault("partners", (image_set.images, labels))  # bisect towards any image of the set
     result = boundary_pairs(teacher, image_set.images[chosen], seed=seed, class_counts=counts, **attack)
     summary = {**result.summary, "fraction": fraction, "images_before": len(image_set),
                "images_after": len(image_set) + len(result.labels)}

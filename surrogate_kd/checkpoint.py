@@ -8,6 +8,7 @@ The format is described in docs/checkpoint-format.md.
 
 import json
 import math
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,9 @@ from .errors import UserError, first_line
 from .files import atomic_write, atomic_write_text
 from .models import ImageClassifier, build_model
 
-MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")  # state dicts
+BLACK_BOX_SUFFIXES = (".torchscript", ".onnx")  # networks as files, imported by `import-teacher` (foreign.py)
+BLACK_BOX_FORMATS = ("torchscript", "onnx")
 # Far beyond any classifier's input; a typo such as 1e9 must not reach the allocator.
 MAX_INPUT_SIZE = 4096
 SIDECAR_HELP = "docs/checkpoint-format.md"
@@ -53,12 +56,12 @@ def save_model(model: ImageClassifier, path: str | Path, extra: dict | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
-    meta = {"arch": model.arch, "input_spec": _spec_dict(model.spec), **provenance(), **(extra or {})}
+    meta = {"arch": model.arch, "input_spec": spec_dict(model.spec), **provenance(), **(extra or {})}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
     return path
 
 
-def _spec_dict(spec: InputSpec) -> dict:
+def spec_dict(spec: InputSpec) -> dict:
     return {"size": spec.size, "channels": spec.channels, "mean": list(spec.mean), "std": list(spec.std),
             "classes": list(spec.classes)}
 
@@ -73,36 +76,76 @@ def save_state(path: Path, state: dict) -> None:
 
 
 def load_model(path: str | Path, arch: str | None = None, spec: InputSpec | None = None) -> ImageClassifier:
-    """Load a model from our checkpoint (.safetensors + .json), or a `.pt`/`.pth` state dict with a sidecar.
+    """Load a model from a checkpoint: its directory, its sidecar, or its weights file with the sidecar beside it.
 
-    `arch` and `spec`, when given, take the place of the sidecar's. A `.pt`/`.pth` file is read with
-    `torch.load(weights_only=True)` only, so a teacher file can never run code.
+    A directory holds `model.json` (and the file it names); `NAME.safetensors`, `.pt` or `.pth` has
+    `NAME.json` beside it. The sidecar's `format` says what the weights are: a state dict
+    (`safetensors`, the default), or a black box (`torchscript`, `onnx`: see foreign.py) that loads
+    as a BlackBoxClassifier. `arch` and `spec`, when given, take the place of the sidecar's for a
+    state dict. A `.pt`/`.pth` file is read with `torch.load(weights_only=True)` only, so a teacher
+    file can never run Python code.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"model file not found: {path}")
-    if path.suffix not in MODEL_SUFFIXES:
-        raise UserError(f"{path}: unknown model format (expected .safetensors, .pt or .pth)")
-    if arch is None or spec is None:
-        sidecar = path.with_suffix(".json")
+    if path.is_dir():
+        sidecar, weights = path / "model.json", None
         if not sidecar.exists():
-            raise UserError(f"{path}: no sidecar {sidecar.name} beside it; a checkpoint needs one with "
-                            "`arch` and `input_spec` (size, channels, mean, std, classes), as written by "
-                            f"train-teacher and distill; the format is described in {SIDECAR_HELP}")
-        sidecar_arch, sidecar_spec = read_sidecar(sidecar)
+            raise UserError(f"{path} holds no model.json; a checkpoint directory holds model.json and the weights "
+                            f"it names, as train-teacher, distill and import-teacher write them (see {SIDECAR_HELP})")
+    elif path.suffix == ".json":
+        sidecar, weights = path, None
+    elif path.suffix in MODEL_SUFFIXES + BLACK_BOX_SUFFIXES:
+        sidecar, weights = path.with_suffix(".json"), path
+    else:
+        raise UserError(f"{path}: unknown model format (expected a checkpoint directory, model.json, "
+                        ".safetensors, .pt or .pth)")
+    if weights is not None and weights.suffix in MODEL_SUFFIXES and arch is not None and spec is not None:
+        meta = {}  # a state dict whose architecture and spec the caller gives: no sidecar needed
+    else:
+        if not sidecar.exists():
+            raise UserError(f"{path}: no sidecar {sidecar.name} beside it; a checkpoint needs one with `arch` and "
+                            "`input_spec` (size, channels, mean, std, classes), as train-teacher and distill write "
+                            "it; `surrogate-kd import-teacher` writes one for weights from elsewhere (the format is "
+                            f"described in {SIDECAR_HELP})")
+        meta, sidecar_arch, sidecar_spec = _read_checkpoint_sidecar(sidecar)
         arch = sidecar_arch if arch is None else arch
         spec = sidecar_spec if spec is None else spec
-    state = _read_weights(path)
+    format = meta.get("format", "safetensors")
+    if format in BLACK_BOX_FORMATS:
+        from .foreign import load_black_box
+
+        return load_black_box(format, weights or sidecar.parent / meta["file"], spec, meta["sha256"],
+                              meta.get("differentiable"))
+    weights = weights or _weights_beside(sidecar, meta)
+    state = read_weights(weights)
     model = build_model(arch, spec)
     try:
         model.net.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit architecture '{arch}': {_mismatch_detail(e)}") from None
+        raise UserError(f"{weights}: weights do not fit architecture '{arch}': {_mismatch_detail(e)}") from None
     return model
 
 
+def _weights_beside(sidecar: Path, meta: dict) -> Path:
+    """The state dict a sidecar goes with: the file it names, or NAME.safetensors/.pt/.pth beside NAME.json."""
+    if "file" in meta:
+        return sidecar.parent / meta["file"]
+    candidates = [sidecar.with_suffix(suffix) for suffix in MODEL_SUFFIXES]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise UserError(f"model sidecar {sidecar}: no weights beside it ({', '.join(c.name for c in candidates)})")
+    return found
+
+
 def read_sidecar(sidecar: Path) -> tuple[str, InputSpec]:
-    """The architecture and input spec from a model's JSON sidecar, every field checked.
+    """The architecture and input spec from a model's JSON sidecar, every field checked."""
+    _, arch, spec = _read_checkpoint_sidecar(sidecar)
+    return arch, spec
+
+
+def _read_checkpoint_sidecar(sidecar: Path) -> tuple[dict, str, InputSpec]:
+    """The sidecar's JSON, architecture and input spec, every field checked.
 
     A bad value would otherwise surface far away, or not at all: std 0 divides every input by
     zero and the model quietly predicts one class; size 1e9 asks for an impossible image.
@@ -121,6 +164,19 @@ def read_sidecar(sidecar: Path) -> tuple[str, InputSpec]:
     arch = meta.get("arch", _MISSING)
     if not (isinstance(arch, str) and arch.strip()):
         raise refuse("arch", "a model name such as 'resnet18' or 'torchvision:resnet18'", arch)
+    format = meta.get("format", "safetensors")
+    if format not in ("safetensors", *BLACK_BOX_FORMATS):
+        raise refuse("format", f"one of safetensors, {', '.join(BLACK_BOX_FORMATS)}", format)
+    file = meta.get("file", _MISSING)
+    if not (file is _MISSING and format == "safetensors"
+            or isinstance(file, str) and file and Path(file).name == file and file not in (".", "..")):
+        raise refuse("file", "the name of the weights file in the sidecar's directory", file)
+    sha256 = meta.get("sha256", _MISSING)
+    if format in BLACK_BOX_FORMATS and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+        raise refuse("sha256", f"the SHA-256 of the {format} file (64 hex digits)", sha256)
+    differentiable = meta.get("differentiable", _MISSING)
+    if differentiable is not _MISSING and not isinstance(differentiable, bool):
+        raise refuse("differentiable", "true or false", differentiable)
     spec = meta.get("input_spec", _MISSING)
     if not isinstance(spec, dict):
         raise refuse("input_spec", "an object with size, channels, mean, std and classes", spec)
@@ -140,8 +196,7 @@ def read_sidecar(sidecar: Path) -> tuple[str, InputSpec]:
     classes = spec.get("classes", _MISSING)
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
         raise refuse("input_spec.classes", "a list of at least 2 class names (strings)", classes)
-    return arch, InputSpec(size, channels, tuple(map(float, mean)), tuple(map(float, std)), tuple(classes))
-
+    return meta, arch, InputSpec(size, channels, tuple(map(float, mean)), tuple(map(float, std)), tuple(classes))
 
 
 def _is_integer(value) -> bool:
@@ -159,7 +214,8 @@ def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_weights(path: Path) -> Mapping:
+def read_weights(path: Path) -> Mapping:
+    """A state dict from .safetensors or .pt/.pth (tensors only: never code); unwraps {"state_dict": ...}."""
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))

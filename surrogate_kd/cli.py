@@ -130,6 +130,10 @@ def cmd_split(args):
     _print(_call("split", args))
 
 
+def cmd_import_teacher(args):
+    _print(_call("import_teacher", args))
+
+
 def cmd_score(args):
     from .report import markdown_table
     from .score import TABLE_COLUMNS
@@ -278,6 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--seed", "which candidates", type=int)
     _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_score)
+
+    c = "import_teacher"
+    p = sub.add_parser("import-teacher", help="a checkpoint directory from a state dict, TorchScript file or ONNX "
+                                              "model trained elsewhere")
+    p.add_argument("--out", required=True, help="the checkpoint directory to write (then: --teacher DIR)")
+    teacher_file = p.add_argument_group("the teacher file (one of)")
+    _add(teacher_file, c, "--weights", "a state dict: .safetensors, or .pt/.pth (read with weights_only=True)")
+    _add(teacher_file, c, "--torchscript", "a TorchScript file (torch.jit.save), used as a black box")
+    _add(teacher_file, c, "--onnx", "an ONNX model, run with onnxruntime, without gradients")
+    _add(p, c, "--arch", "the architecture of --weights: torchvision:NAME, timm:NAME or a registered name")
+    _add(p, c, "--classes", "a text file of class names, one a line, in the order of the outputs")
+    _add(p, c, "--num-classes", "the number of classes, named 0..N-1 (instead of --classes; an ONNX model's "
+                                "output shape may give it)", type=int)
+    from .foreign import PRESETS
+
+    _add(p, c, "--preset", "size, channels, mean and std by name; the options below replace its values",
+         choices=list(PRESETS))
+    _add(p, c, "--size", "input side in pixels (an ONNX model's input shape may give it)", type=int)
+    _add(p, c, "--channels", "1 or 3 (default: 3, or the preset's)", type=int)
+    _add(p, c, "--mean", "per-channel mean on the [0, 1] scale, e.g. 0.485 0.456 0.406", type=float, nargs="+")
+    _add(p, c, "--std", "per-channel std on the [0, 1] scale, e.g. 0.229 0.224 0.225", type=float, nargs="+")
+    _add(p, c, "--overwrite", "replace a checkpoint at --out", action="store_true")
+    p.set_defaults(func=cmd_import_teacher)
     return parser
 
 

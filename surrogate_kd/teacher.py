@@ -2,8 +2,9 @@
 
 Selection (select.py), the batch streams (batches.py), boundary samples and the score all ask the
 teacher through this module:
-  load_teacher         a checkpoint path (or a loaded model) -> the model
-  teacher_fingerprint  a hash of its architecture, input spec and weights: what identifies a run's teacher
+  load_teacher         a checkpoint (directory, sidecar or weights file) or a loaded model -> the model
+  teacher_fingerprint  a hash of its architecture, input spec and weights (a black box's: its file's
+                       SHA-256): what identifies a run's teacher
   class_histogram, relative_entropy   how evenly its predictions cover the classes (paper Table 3)
   load_candidates      candidate images from a source or a set, in its input spec, with its logits;
                        a pool's logits are computed once and cached beside it
@@ -50,8 +51,16 @@ def relative_entropy(counts: torch.Tensor) -> float:
 
 
 def teacher_fingerprint(teacher) -> str:
-    """A hash of the teacher's architecture, input spec and every weight and buffer."""
+    """A hash of the teacher's architecture, input spec and every weight and buffer.
+
+    A black box (foreign.BlackBoxClassifier: TorchScript, ONNX) is identified by its file's SHA-256,
+    checked against its sidecar when it was loaded: an ONNX session exposes no weights to hash.
+    """
     digest = hashlib.sha256(json.dumps([teacher.arch, repr(teacher.spec)]).encode())
+    file_sha256 = getattr(teacher, "file_sha256", None)
+    if file_sha256 is not None:
+        digest.update(file_sha256.encode())
+        return digest.hexdigest()[:16]
     for name, tensor in sorted(teacher.net.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -8,7 +8,8 @@ from torch import nn
 
 from surrogate_kd.api import train_teacher
 from surrogate_kd.batches import EpochBoundaryBatches
-from surrogate_kd.boundary import GREY_LEVEL, bold_driver, boundary_pairs, choose_targets, level_deficits
+from surrogate_kd.boundary import (GREY_LEVEL, bold_driver, boundary_pairs, choose_partners, choose_targets,
+                                   level_deficits)
 from surrogate_kd.checkpoint import load_model
 from surrogate_kd.cli import main
 from surrogate_kd.config import InputSpec, TrainConfig
@@ -145,6 +146,64 @@ def test_pairs_that_cannot_meet_the_threshold_are_dropped():
                             epsilon=64 / 255, precision="fp32")
     assert result.summary["success_rate"] == 1.0, "the boundary is crossed..."
     assert result.summary["within_threshold"] == 0.0 and len(result.targets) == 0 and len(result.images) == 0
+
+
+# --------------------------------------------------------------------------- gradient-free: bisection
+
+def test_bisection_pairs_straddle_the_planted_boundary_a_grey_level_apart():
+    teacher = three_class_teacher()
+    images = grey_images(0.5, 96, spread=40)
+    result = boundary_pairs(teacher, images, targets="random", method="bisection", precision="fp32")
+    s = result.summary
+    assert s["method"] == "bisection" and s["gradients_per_image"] == 0 and s["forwards_per_image"] < 15
+    assert s["success_rate"] == 1.0 and s["pairs"] > 80 and s["unreachable"] == 0
+    pre, pre_labels = result.part("pre")
+    post, post_labels = result.part("post")
+    pre_logits, post_logits = exact_logits(teacher, pre), exact_logits(teacher, post)
+    assert (pre_logits.argmax(1) != result.targets).all(), "pre is not the target"
+    assert (post_logits.argmax(1) == result.targets).all(), "post is the target"
+    assert torch.equal(pre_logits.argmax(1), pre_labels) and torch.equal(post_labels, result.targets)
+    assert (pre.int() - post.int()).abs().amax() <= 1, "ten halvings: the pair is one grey level apart at most"
+    for logits in (pre_logits, post_logits):
+        assert (logits.softmax(1).max(1).values <= 0.9).all()
+
+
+def test_bisection_deeper_copies_step_back_into_their_own_class():
+    teacher = two_class_teacher()
+    images = torch.cat([grey_images(0.45, 16, seed=1), grey_images(0.55, 16, seed=2)])  # classes 0 and 1
+    result = boundary_pairs(teacher, images, method="bisection", precision="fp32")
+    assert len(result.targets) == 32
+    for role in ("pre", "post"):
+        samples, labels = result.part(role)
+        deeper, deeper_labels = result.part(f"{role}_deeper")
+        assert torch.equal(deeper_labels, labels), "a deeper copy stays in its own class"
+        assert (margin(exact_logits(teacher, deeper), labels) > margin(exact_logits(teacher, samples), labels)).all()
+
+
+def test_bisection_is_chosen_for_a_teacher_without_gradients_and_reaches_only_predicted_classes():
+    teacher = two_class_teacher()
+    teacher.differentiable = False  # as an ONNX teacher says of itself
+    result = boundary_pairs(teacher, grey_images(0.3, 8), precision="fp32")
+    s = result.summary
+    assert s["method"] == "bisection", "auto: no gradients, no gradient attack"
+    assert s["unreachable"] == 8 and s["success_rate"] == 0.0, "every image is class 0: no partner of class 1"
+    partners = (grey_images(0.7, 4, seed=3), torch.ones(4, dtype=torch.int64))
+    assert boundary_pairs(teacher, grey_images(0.3, 8), partners=partners).summary["success_rate"] == 1.0
+    with pytest.raises(UserError, match="valid: auto, gradient, bisection"):
+        boundary_pairs(teacher, grey_images(0.3, 8), method="random-walk")
+
+
+def test_partners_carry_the_target_label_and_targets_keep_to_reachable_classes():
+    labels = torch.tensor([2, 0, 2, 1, 2])
+    targets = torch.tensor([2, 2, 1, 3, 0])
+    index, found = choose_partners(targets, labels, torch.Generator().manual_seed(0))
+    assert found.tolist() == [True, True, True, False, True]
+    assert torch.equal(labels[index[found]], targets[found])
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]]).repeat(50, 1)
+    reachable = torch.tensor([True, False, True, False])
+    for mode in ("random", "nearest", "least-predicted"):
+        chosen = choose_targets(logits, mode, torch.Generator().manual_seed(0), reachable=reachable)
+        assert (chosen == 2).all(), mode
 
 
 # --------------------------------------------------------------------------- the teacher

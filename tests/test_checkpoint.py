@@ -114,6 +114,10 @@ SIDECAR_CASES = [
     ("classes-one", setting("input_spec.classes", ["only"]), "input_spec.classes is"),
     ("classes-numbers", setting("input_spec.classes", [0, 1, 2, 3]), "at least 2 class names"),
     ("classes-string", setting("input_spec.classes", "abcd"), 'input_spec.classes is "abcd"'),
+    ("format-unknown", setting("format", "keras"), 'format is "keras"'),
+    ("onnx-without-sha256", lambda meta: {**meta, "format": "onnx", "file": "model.onnx"}, "sha256 is missing"),
+    ("file-elsewhere", setting("file", "../model.safetensors"), 'file is "../model.safetensors"'),
+    ("differentiable-string", setting("differentiable", "yes"), 'differentiable is "yes"'),
 ]
 
 
@@ -160,14 +164,24 @@ def test_checkpoint_without_sidecar_says_how_to_write_one(tmp_path, saved, name)
     else:
         torch.save({"state_dict": load_model(saved).net.state_dict(), "epoch": 3}, weights)
     message = raises_one_line(lambda: load_model(weights), str(weights), "sidecar w.json", "`arch`", "`input_spec`",
-                              "train-teacher", SIDECAR_HELP)
-    assert "--arch" not in message  # no such flag exists
+                              "train-teacher", "surrogate-kd import-teacher", SIDECAR_HELP)
+    assert "--arch" not in message  # the advice is the command, whose --help tells the rest
     assert (Path(__file__).parents[1] / SIDECAR_HELP).is_file()
     # The recipe of the doc: a sidecar with arch and input_spec is all a state dict needs.
     sidecar = {"arch": "convnet_tiny", "input_spec": {"size": 16, "channels": 1, "mean": [0.5], "std": [0.25],
                                                       "classes": ["a", "b", "c", "d"]}}
     (tmp_path / "w.json").write_text(json.dumps(sidecar))
     assert torch.equal(load_model(weights).net.fc.weight, load_model(saved).net.fc.weight)
+
+
+def test_a_checkpoint_is_named_by_its_directory_its_sidecar_or_its_weights(tmp_path, saved):
+    reference = load_model(saved).net.fc.weight
+    for name in (tmp_path, tmp_path / "model.json", saved):
+        assert torch.equal(load_model(name).net.fc.weight, reference), name
+    (tmp_path / "empty").mkdir()
+    raises_one_line(lambda: load_model(tmp_path / "empty"), "holds no model.json", "import-teacher")
+    (tmp_path / "notes.txt").write_text("x")
+    raises_one_line(lambda: load_model(tmp_path / "notes.txt"), "unknown model format")
 
 
 class RunsCode:
