@@ -38,7 +38,7 @@ FULL = dict(batch=256, size=32, channels=3, seconds=3.0, pairs=[("resnet34", "re
             teacher_epochs=3, teacher_images=60000, distill_images=1_500_000, candidates=20000, per_class=1000,
             source_sizes=(32, 224), source_count=4096)
 DRY = dict(batch=16, size=16, channels=3, seconds=0.3, pairs=[("convnet_tiny", "convnet_tiny")],
-           teacher_epochs=1, teacher_images=512, distill_images=256, candidates=128, per_class=8,
+           teacher_epochs=1, teacher_images=256, distill_images=256, candidates=128, per_class=8,
            source_sizes=(16,), source_count=64)
 
 

@@ -19,6 +19,7 @@ from .boundary import add_boundary_samples
 from .config import DataConfig
 from .data import ImageSet, open_images
 from .errors import UserError
+from .report import rare_classes
 from .runtime import epoch_seed, predict
 from .select import balanced_indices, class_quotas, indices_for_quotas
 from .sources import SOURCES, render
@@ -205,7 +206,7 @@ def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.d
     predictions = logits.argmax(1)
     counts = class_histogram(predictions, len(spec.classes))
     info = {"candidates": len(pool), "relative_entropy": round(relative_entropy(counts), 4),
-            "class_histogram": counts.tolist(),
+            "class_histogram": counts.tolist(), "rare_classes": rare_classes(counts.tolist(), list(spec.classes)),
             "mean_max_softmax": round(logits.softmax(1).max(1).values.mean().item(), 4)}
     pool = ImageSet(pool.images, predictions, spec.classes, pool.name)
     if data.boundary and with_boundary:

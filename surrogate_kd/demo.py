@@ -18,7 +18,7 @@ from .files import atomic_write_text, writable_directory
 from .config import TrainConfig
 from .data import FASHION_MNIST_CLASSES
 from .recipe import describe
-from .report import markdown_table, plot_bars, plot_class_histograms
+from .report import markdown_table, plot_bars, plot_class_histograms, rare_classes
 
 DEMO_SOURCES = ("original", "shaders", "leaves", "noise", "photos")
 
@@ -82,7 +82,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto
                          candidates=recipe.candidates, per_class=recipe.per_class, eval_data="fashion-mnist:test")
         row = {"source": source, "relative_entropy": result["relative_entropy"], "test_accuracy": result["test_accuracy"],
                "seconds": result["seconds"], "parameters": result["parameters"], "recipe": describe(cfg),
-               "class_histogram": result["class_histogram"], "samples": f"student-{source}/samples.png"}
+               "class_histogram": result["class_histogram"], "samples": f"student-{source}/samples.png",
+               "rare_classes": rare_classes(result["class_histogram"], list(FASHION_MNIST_CLASSES))}
         students.append(row)
         print(f"student from {source}: relative entropy {row['relative_entropy']:.3f}, "
               f"test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.0f} s)", flush=True)
@@ -102,7 +103,8 @@ def write_report(out: Path, recipe: DemoRecipe, teacher: dict, students: list[di
               "student test accuracy (Fashion-MNIST)", reference=teacher["test_accuracy"], reference_label="teacher")
     table = markdown_table(students, [("source", "distillation set"), ("relative_entropy", "relative entropy"),
                                       ("test_accuracy", "student test acc."), ("fraction_of_original", "x original"),
-                                      ("seconds", "seconds"), ("recipe", "recipe")])
+                                      ("seconds", "seconds"), ("recipe", "recipe"),
+                                      ("rare_classes", "rarely predicted")])
     report = {
         "teacher": {"arch": teacher["arch"], "dataset": teacher["dataset"], "test_accuracy": teacher["test_accuracy"],
                     "seconds": teacher["seconds"], "parameters": teacher["parameters"], "reused": bool(teacher.get("reused"))},

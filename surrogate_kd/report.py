@@ -21,6 +21,19 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def rare_classes(counts: list[int], classes: list[str], share: float = 0.25) -> str:
+    """The classes the teacher predicts for fewer than `share` of an even split, rarest first,
+    with their share of the predictions: why a set is weak, before anyone distills from it.
+
+    Balancing can only repeat the few images of such a class (see `duplicates` in the score)."""
+    total = sum(counts)
+    if not total:
+        return "all (no predictions)"
+    even = total / len(counts)
+    rare = sorted((c, name) for c, name in zip(counts, classes) if c < share * even)
+    return ", ".join(f"{name} ({100 * c / total:.1f}%)" for c, name in rare) or "none"
+
+
 def plot_class_histograms(histograms: dict[str, list[int]], classes: list[str], path: Path,
                           subtitles: dict[str, str] | None = None) -> Path:
     """One bar chart per image set of how often the teacher predicts each class."""

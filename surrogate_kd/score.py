@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import UserError
 from .files import writable_directory
+from .report import rare_classes
 from .runtime import predict, resolve_device
 from .teacher import class_histogram, load_candidates, load_teacher, relative_entropy
 
@@ -119,6 +120,7 @@ def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidat
         images, logits = load_candidates(model, data, candidates, seed, dev, batch_size=batch_size)
         features, space = teacher_features(model, images.images, logits, dev, batch_size)
         row = {"data": data, **criteria(logits, features, images.images), "feature_space": space}
+        row["rare_classes"] = rare_classes(row["class_histogram"], list(model.spec.classes))
         row["distillability"] = distillability(row)
         rows.append(row)
     rows.sort(key=lambda r: -r["distillability"])
@@ -131,7 +133,8 @@ TABLE_COLUMNS = [("data", "image set"), ("distillability", "distillability"), ("
                  ("relative_entropy_distinct", "rel. entropy, distinct"), ("classes_missing", "classes missing"),
                  ("class_coverage", "class coverage"), ("feature_diversity", "feature diversity"),
                  ("pixel_diversity", "pixel diversity"), ("duplicates", "duplicates"),
-                 ("max_softmax_mean", "max-softmax mean"), ("max_softmax_std", "max-softmax std")]
+                 ("max_softmax_mean", "max-softmax mean"), ("max_softmax_std", "max-softmax std"),
+                 ("rare_classes", "rarely predicted (< 1/4 of an even share)")]
 
 
 def write_report(rows: list[dict], classes: list[str], out: Path) -> str:
