@@ -192,7 +192,9 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
            device: str = "auto", overwrite: bool = False, download: bool = False) -> dict:
     """The teacher-balanced set D_K (or a long-tail one) drawn from `data`, written as a pool (select.select)."""
     from . import select as selection
+    from .pool import claim_output
 
+    claim_output(Path(out), overwrite)  # a taken --out fails now, not after the teacher saw every candidate
     return selection.select(teacher, data, out, per_class, total=total, long_tail=long_tail, cap=cap, seed=seed,
                             candidates=candidates, device=device, overwrite=overwrite, download=download)
 
@@ -217,12 +219,13 @@ def synthesize(source: str, count: int, out: str | Path, size: int = 32, channel
 
 def boundary(teacher, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
-             device: str = "auto", overwrite: bool = False) -> dict:
+             device: str = "auto", overwrite: bool = False, method: str = "auto") -> dict:
     """The images of `data` plus decision-boundary samples, written as a pool (boundary.boundary)."""
     from .boundary import boundary as write_boundary
 
     return write_boundary(teacher, data, out, fraction=fraction, targets=targets, threshold=threshold,
-                          max_steps=max_steps, epsilon=epsilon, seed=seed, device=device, overwrite=overwrite)
+                          max_steps=max_steps, epsilon=epsilon, seed=seed, device=device, overwrite=overwrite,
+                          method=method)
 
 
 def augment_preview(data: str, out: str | Path = "augment-preview.png", regime: str = "high",
@@ -248,8 +251,10 @@ def augment_preview(data: str, out: str | Path = "augment-preview.png", regime: 
 def split(data: str, class_map, teacher, out: str | Path, overwrite: bool = False) -> dict:
     """A labelled real set split by a class map into in-domain and out-of-domain pools at out/id and out/ood."""
     from .classmap import split_by_class_map
-    from .pool import write_pool
+    from .pool import claim_output, write_pool
 
+    for name in ("id", "ood"):
+        claim_output(Path(out) / name, overwrite)
     model = load_teacher(teacher)
     id_set, ood_set = split_by_class_map(data, class_map, model.spec.classes, complete_only=False)
     result = {"data": data}

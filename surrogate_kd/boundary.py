@@ -32,7 +32,7 @@ from .checkpoint import load_model
 from .data import ImageSet, open_images
 from .runtime import autocast_context, predict, resolve_device
 from .errors import UserError
-from .pool import _claim_output, write_pool
+from .pool import claim_output, write_pool
 from .teacher import class_histogram, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
@@ -408,18 +408,20 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
 
 def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
-             device: str = "auto", overwrite: bool = False) -> dict:
-    """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples; returns the summary."""
-    _claim_output(Path(out), overwrite)  # refuse a taken output before the attack, not after it
+             device: str = "auto", overwrite: bool = False, method: str = "auto") -> dict:
+    """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples; returns the summary.
+
+    `method`: auto (gradients when the teacher has them, else bisection), gradient or bisection."""
+    claim_output(Path(out), overwrite)  # refuse a taken output before the attack, not after it
     model = load_model(teacher)
     dev = resolve_device(device)
     model.to(dev)
     spec = model.spec
     images = open_images(data, spec.size, spec.channels)
     extended, summary = add_boundary_samples(model, images, fraction, seed, targets=targets, threshold=threshold,
-                                             max_steps=max_steps, epsilon=epsilon, device=dev)
+                                             max_steps=max_steps, epsilon=epsilon, device=dev, method=method)
     params = {"teacher": str(teacher), "data": data, "fraction": fraction, "targets": targets,
-              "threshold": threshold, "max_steps": max_steps, "epsilon": epsilon}
+              "threshold": threshold, "max_steps": max_steps, "epsilon": epsilon, "method": method}
     chunks = extended.images.split(4096)  # the writer copies one chunk at a time to numpy
     write_pool(out, chunks, {"source": "boundary", "params": params, "seed": seed, "classes": list(spec.classes)},
                labels=extended.labels, overwrite=overwrite)

@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--max-steps", "attack steps per image", type=int)
     _add(p, c, "--epsilon", "L-inf budget in [0, 1] pixel units", type=float)
     _add(p, c, "--seed", "which images are attacked, and their targets", type=int)
+    _add(p, c, "--method", "gradient attack, or gradient-free bisection (auto: bisection for black-box teachers)",
+         choices=["auto", "gradient", "bisection"])
     _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
     p.set_defaults(func=cmd_boundary)

@@ -95,7 +95,7 @@ class _ShardWriter:
         self.shards[-1]["count"] = self._filled
 
 
-def _claim_output(out: Path, overwrite: bool) -> None:
+def claim_output(out: Path, overwrite: bool) -> None:
     """UserError unless `out` may become a pool: absent, empty, or a pool we may replace."""
     if out.exists() and not out.is_dir():
         raise UserError(f"pool output {out} exists and is not a directory")
@@ -134,7 +134,7 @@ def write_pool(
     out = Path(out_dir)
     if shard_size <= 0:
         raise UserError(f"shard size must be positive, got {shard_size}")
-    _claim_output(out, overwrite)
+    claim_output(out, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -166,7 +166,7 @@ def write_pool(
             np.save(staging / f"{name}.npy", array)
             fields[name] = f"{name}.npy"
         (staging / MANIFEST).write_text(json.dumps(fields, indent=2) + "\n")  # last: marks completeness
-        _claim_output(out, overwrite)  # again: another writer may have finished meanwhile
+        claim_output(out, overwrite)  # again: another writer may have finished meanwhile
         _move_into_place(staging, out)
     except OSError as error:
         raise UserError(f"cannot write a pool at {out}: {error.strerror or error}") from None
