@@ -2,6 +2,7 @@
 
     python benchmarks/bench_augment.py                    # 32x32 RGB, batch 256, cpu (+ cuda if present)
     python benchmarks/bench_augment.py --size 28 --channels 1 --seconds 1 --skip-torchvision
+    python benchmarks/bench_augment.py --ops              # aten ops per call, per regime and strategy
 
 Prints one JSON object (images/s): each regime with mixup on each device (`augment` + `mixup`,
 data already on the device); torchvision's per-image `high` pipeline (RandAugment n=4 m=14, flip,
@@ -10,7 +11,14 @@ one worker per core, mixup applied to the collated batch like ours; and, on CUDA
 --kd-step on), the plain KD step ResNet-50 -> ResNet-18 and ResNet-34 -> ResNet-18 (bf16 +
 channels_last on CUDA), with the ratio the issue targets: `high`+mixup >= 4x the fastest step.
 Timings are wall-clock over a fixed time window after warm-up; on a shared machine they move
-with the load (the JSON records the load average).
+with the load (the JSON records the load average). On CPU it also prints images per CPU-second
+of the process (`images_per_cpu_s`): with `--threads 1` that figure hardly moves with other jobs,
+so compare before/after with it on a busy machine.
+
+`--strategy` forces how images meet the ops they drew ('gather' is the CPU default, 'where' the
+accelerators'); `--ops` prints instead, per regime with mixup and per strategy, the aten ops one
+call dispatches at batch 64 and 1024, its host syncs and its tensors made from Python data
+(`surrogate_kd.opcount`): the CPU-visible side of CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import time
 
 import torch
 
-from surrogate_kd.augment import REGIMES, augment, mixup
+from surrogate_kd.augment import REGIMES, STRATEGIES, augment, mixup
+from surrogate_kd.opcount import OpCounter
 
 
 def _cpu_name() -> str:
@@ -34,31 +43,61 @@ def _cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
-def _rate(step, batch: int, seconds: float, device: torch.device, warmup: int = 2) -> float:
-    """Images per second of `step()` (one batch) over about `seconds` after `warmup` calls."""
+def _rates(step, batch: int, seconds: float, device: torch.device, warmup: int = 2) -> tuple[float, float]:
+    """Images per second, and per CPU-second of this process, of `step()` (one batch) over about `seconds`
+    after `warmup` calls."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
     sync()
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while calls < 3 or time.perf_counter() - start < seconds:
         step()
         calls += 1
         if device.type == "cuda" and calls % 10 == 0:
             sync()  # keep the timer honest without syncing every call
     sync()
-    return calls * batch / (time.perf_counter() - start)
+    return calls * batch / (time.perf_counter() - start), calls * batch / (time.process_time() - cpu_start)
 
 
-def ours(device: torch.device, args) -> dict[str, float]:
-    """`augment` + `mixup` per regime, uint8 batch already on the device, generator on the device."""
+def _rate(step, batch: int, seconds: float, device: torch.device, warmup: int = 2) -> float:
+    """Images per second of `step()` (one batch) over about `seconds` after `warmup` calls."""
+    return _rates(step, batch, seconds, device, warmup)[0]
+
+
+def ours(device: torch.device, args) -> tuple[dict[str, float], dict[str, float]]:
+    """`augment` + `mixup` per regime, uint8 batch already on the device, generator on the device:
+    images per second and per CPU-second."""
     images = torch.randint(0, 256, (args.batch, args.channels, args.size, args.size), dtype=torch.uint8, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step(regime):
-        return lambda: mixup(augment(images, regime, generator), generator)
+        return lambda: mixup(augment(images, regime, generator, strategy=args.strategy), generator)
 
-    return {f"{name}+mixup": round(_rate(step(r), args.batch, args.seconds, device)) for name, r in REGIMES.items()}
+    rates = {f"{name}+mixup": _rates(step(r), args.batch, args.seconds, device) for name, r in REGIMES.items()}
+    return {k: round(wall) for k, (wall, _) in rates.items()}, {k: round(cpu) for k, (_, cpu) in rates.items()}
+
+
+def dispatched_ops(args) -> dict[str, dict]:
+    """Per strategy and regime (with mixup), the aten ops of one call on CPU after a warm-up, at batch 64 and 1024."""
+    result = {}
+    for strategy in STRATEGIES:
+        for name, regime in REGIMES.items():
+            counts = {}
+            for batch in (64, 1024):
+                images = torch.randint(0, 256, (batch, args.channels, args.size, args.size), dtype=torch.uint8)
+                generator = torch.Generator().manual_seed(0)
+                mixup(augment(images, regime, generator, strategy=strategy), generator)  # builds the cached constants
+                with OpCounter() as ops:
+                    mixup(augment(images, regime, generator, strategy=strategy), generator)
+                counts[batch] = ops
+            result.setdefault(strategy, {})[f"{name}+mixup"] = {
+                "ops_batch_64": counts[64].total,
+                "ops_batch_1024": counts[1024].total,
+                "host_syncs": counts[1024].host_syncs,
+                "python_tensors": counts[1024].python_tensors,
+            }
+    return result
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -146,9 +185,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for ours on CPU")
     parser.add_argument("--skip-torchvision", action="store_true")
     parser.add_argument("--kd-step", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA only")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None, help="default: gather on CPU, where on CUDA")
+    parser.add_argument("--ops", action="store_true", help="print the aten ops per call (on CPU) instead of timing")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ops:
+        shape = [args.channels, args.size, args.size]
+        print(json.dumps({"shape": shape, "dispatched_ops": dispatched_ops(args)}, indent=2))
+        return
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     result = {
@@ -161,8 +206,11 @@ def main() -> None:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
         "shape": [args.batch, args.channels, args.size, args.size],
-        "images_per_s": {device.type: ours(device, args) for device in devices},
+        "strategy": args.strategy or "device default",
     }
+    rates = {device.type: ours(device, args) for device in devices}
+    result["images_per_s"] = {device: wall for device, (wall, _) in rates.items()}
+    result["images_per_cpu_s"] = rates["cpu"][1]
     if not args.skip_torchvision:
         result["torchvision_dataloader"] = {
             "workers": args.workers,

@@ -11,12 +11,12 @@ from surrogate_kd.augment import (
     RANDAUGMENT_OPS,
     REGIMES,
     Regime,
-    _per_sample,
     apply_grouped,
     apply_op,
     apply_ops,
     augment,
     augment_preview,
+    default_strategy,
     draw_ops,
     elastic,
     elastic_displacement,
@@ -28,6 +28,7 @@ from surrogate_kd.augment import (
     op_magnitudes,
 )
 from surrogate_kd.errors import UserError
+from surrogate_kd.opcount import OpCounter
 
 SIZE = 16
 
@@ -235,13 +236,60 @@ GROUPING_REGIMES = [name for name, regime in REGIMES.items() if regime.randaugme
 
 
 @pytest.mark.parametrize("name", GROUPING_REGIMES)
-def test_gather_and_where_strategies_agree(name, monkeypatch):
+def test_gather_and_where_strategies_agree(name):
     images = _images(3).repeat(4, 1, 1, 1)
-    gathered = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
-    monkeypatch.setattr(_per_sample, "SORT_BY_GROUP_ON", set())  # the accelerator path: whole batch + torch.where
-    selected = augment(images, REGIMES[name], torch.Generator().manual_seed(3))
+    gathered = augment(images, REGIMES[name], torch.Generator().manual_seed(3))  # the CPU default
+    selected = augment(images, REGIMES[name], torch.Generator().manual_seed(3), strategy="where")
     torch.testing.assert_close(selected, gathered, rtol=0, atol=1e-6)
     assert not torch.equal(gathered, _float(images))
+
+
+def test_unknown_strategy_lists_the_valid_ones():
+    with pytest.raises(UserError, match="unknown augmentation strategy 'sorted'; valid: gather, where"):
+        augment(_images(1), REGIMES["high"], torch.Generator(), strategy="sorted")
+
+
+def _dispatched(name: str, mixup_kind: str, batch: int) -> OpCounter:
+    """The aten ops of one `augment` + `mixup` at `batch` on the path CUDA takes, run on CPU after a warm-up."""
+    pixels = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, SIZE, SIZE), generator=pixels, dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    strategy = default_strategy("cuda")
+
+    def step():
+        return mixup(augment(images, REGIMES[name], generator, strategy=strategy), generator,
+                     per_sample=mixup_kind == "per-sample")
+
+    step()  # the first call builds the cached constants, as the warm-up before a CUDA-graph capture does
+    with OpCounter() as ops:
+        step()
+    return ops
+
+
+@pytest.mark.parametrize("mixup_kind", ["batch", "per-sample"])
+@pytest.mark.parametrize("name", list(REGIMES))
+def test_accelerator_path_can_be_captured_in_a_cuda_graph(name, mixup_kind):
+    """What CUDA-graph capture needs, seen on CPU: no host sync, no tensor from Python data, the
+    same ops whatever the batch (a graph replays a fixed sequence of kernels)."""
+    small, large = _dispatched(name, mixup_kind, 64), _dispatched(name, mixup_kind, 1024)
+    assert small.host_syncs == {} and large.host_syncs == {}
+    assert small.python_tensors == 0 and large.python_tensors == 0
+    assert small.total == large.total, (small.ops - large.ops) + (large.ops - small.ops)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "where"])
+def test_augment_and_mixup_draw_only_from_the_given_generator(strategy):
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    images = _images(3).repeat(4, 1, 1, 1)
+    first = mixup(augment(images, REGIMES["extreme"], torch.Generator().manual_seed(5), strategy=strategy),
+                  torch.Generator().manual_seed(6), per_sample=True)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    torch.manual_seed(1)  # another global state changes nothing
+    again = mixup(augment(images, REGIMES["extreme"], torch.Generator().manual_seed(5), strategy=strategy),
+                  torch.Generator().manual_seed(6), per_sample=True)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("sort", [True, False])
@@ -301,6 +349,29 @@ def test_cuda_matches_cpu_with_a_cpu_generator():
     on_cpu = augment(images, REGIMES["extreme"], torch.Generator().manual_seed(0))
     on_cuda = augment(images.cuda(), REGIMES["extreme"], torch.Generator().manual_seed(0))
     assert (on_cuda.cpu() - on_cpu).abs().gt(2 / 255).float().mean() < 0.01  # rare nearest-rounding flips only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(REGIMES))
+def test_cuda_graph_replays_augment_and_mixup_with_fresh_draws(name):
+    images = _images(3).repeat(8, 1, 1, 1).cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    regime = REGIMES[name]
+    warmup = torch.cuda.Stream()  # the cached constants are built here, outside the capture
+    warmup.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warmup):
+        for _ in range(2):
+            mixup(augment(images, regime, generator), generator, per_sample=True)
+    torch.cuda.current_stream().wait_stream(warmup)
+    graph = torch.cuda.CUDAGraph()
+    if hasattr(graph, "register_generator_state"):  # newer torch registers generators on first use
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        mixed, lam, perm = mixup(augment(images, regime, generator), generator, per_sample=True)
+    graph.replay()
+    first = lam.clone()
+    graph.replay()
+    assert not torch.equal(lam, first)  # each replay draws anew from the generator
 
 
 @pytest.mark.parametrize("per_sample", [False, True])

@@ -67,6 +67,39 @@ def test_the_captured_step_body_is_graph_safe():
     assert small.total == large.total and small.ops == large.ops
 
 
+@pytest.mark.parametrize("regime", ["standard", "high"])
+def test_the_whole_step_on_the_accelerator_path_is_graph_safe(regime):
+    """augment + mixup (their CUDA strategy, forced on the CPU) + the step body: what issue 10 asks
+    of the step a CUDA graph replays."""
+    from surrogate_kd.augment import augment, default_strategy, get_regime, mixup
+
+    def ops(batch: int) -> OpCounter:
+        torch.manual_seed(0)
+        teacher = inference_copy(build_model("convnet_tiny", SPEC))
+        student = build_model("convnet_tiny", SPEC)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+        cfg = TrainConfig(tau=4.0, precision="fp32")
+        make_step(student, optimizer, cfg, teacher)(torch.rand(batch, 3, 16, 16))
+        lr = torch.tensor(0.05)
+        step = make_step(student, optimizer, cfg, teacher, update=lambda: sgd_update(optimizer, lr))
+        images = torch.randint(0, 256, (batch, 3, 16, 16), dtype=torch.uint8)
+        generator = torch.Generator().manual_seed(1)
+
+        def whole_step():
+            x = augment(images, get_regime(regime), generator, strategy=default_strategy(torch.device("cuda")))
+            x, lam, perm = mixup(x, generator)
+            return step(x.contiguous(memory_format=torch.channels_last), None, (lam, perm))
+
+        whole_step()  # the first call caches augmentation constants (warm-up, as before a capture)
+        with OpCounter() as counter:
+            whole_step()
+        return counter
+
+    small, large = ops(8), ops(128)
+    assert small.host_syncs == {} and small.python_tensors == 0, (small.host_syncs, small.python_tensors)
+    assert small.total == large.total
+
+
 def test_capture_is_attempted_only_where_it_can_work():
     assert capture_possible(torch.device("cpu"), False, 1) == "not on CUDA"
     assert "compile" in capture_possible(torch.device("cuda"), True, 1)

@@ -10,21 +10,24 @@ over images.
     randaugment.py  torchvision's RandAugment ops and magnitudes, one op per image per draw
     spatial.py      flip + padded crop, elastic, erasing
     _per_sample.py  draws from the generator; `apply_grouped`: each image through the op it chose
-                    (the sources' per-image programs use it too); `luminance`
+                    (the sources' per-image programs use it too); the 'gather' / 'where'
+                    strategies; constants cached per device; `luminance`
 
 The kernels (`apply_ops`, `flip_crop`, `elastic`, `erase`) take explicit per-image parameters,
 like `torchvision.transforms.v2.functional`, and follow its semantics; `augment` draws the
-parameters and calls them. Images stay float in [0, 1] between ops instead of torchvision's
+parameters and calls them. On an accelerator (strategy 'where') `augment` + `mixup` dispatch the
+same ops at any batch size, with no host sync and no tensor from Python data: a CUDA graph can
+capture them (docs/augmentation.md, "GPU readiness"). Images stay float in [0, 1] between ops instead of torchvision's
 uint8, so results differ from it by rounding only (about one grey level); see docs/augmentation.md.
 """
 
-from ._per_sample import apply_grouped, luminance
+from ._per_sample import STRATEGIES, apply_grouped, default_strategy, luminance
 from .randaugment import MAX_MAGNITUDE, RANDAUGMENT_OPS, apply_op, apply_ops, draw_ops, op_magnitudes
 from .regimes import REGIMES, Regime, augment, augment_preview, get_regime, mixup
 from .spatial import elastic, elastic_displacement, erase, flip_crop
 
 __all__ = [
-    "MAX_MAGNITUDE", "RANDAUGMENT_OPS", "REGIMES", "Regime", "apply_grouped", "apply_op", "apply_ops",
-    "augment", "augment_preview", "draw_ops", "elastic", "elastic_displacement", "erase", "flip_crop",
-    "get_regime", "luminance", "mixup", "op_magnitudes",
+    "MAX_MAGNITUDE", "RANDAUGMENT_OPS", "REGIMES", "Regime", "STRATEGIES", "apply_grouped", "apply_op",
+    "apply_ops", "augment", "augment_preview", "default_strategy", "draw_ops", "elastic", "elastic_displacement",
+    "erase", "flip_crop", "get_regime", "luminance", "mixup", "op_magnitudes",
 ]  # fmt: skip

@@ -1,15 +1,48 @@
 """Helpers on batches shared by the augmentation kernels and the sources.
 
-Per-image draws from a generator, applying to each image the op it chose (`apply_grouped`, also
-the sources' per-image programs), luminance, pixel centres.
+Per-image draws from a generator, the two strategies for applying to each image the op it chose
+(`apply_grouped`, also the sources' per-image programs), constants cached per device, luminance,
+pixel centres.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
+
+from ..errors import UserError
+
+# How a batch goes through per-image ops (see `apply_grouped`):
+#   gather  sort the batch by op, run each op on its rows: least arithmetic, one host sync a call
+#   where   run every op on the whole batch, torch.where picks: fixed ops, no sync (CUDA graphs)
+STRATEGIES = ("gather", "where")
+
+
+def default_strategy(device: torch.device | str) -> str:
+    """'gather' on CPU, where a host sync is free and arithmetic is the cost; 'where' on accelerators."""
+    return "gather" if torch.device(device).type == "cpu" else "where"
+
+
+def resolve_strategy(strategy: str | None, device: torch.device | str) -> str:
+    """`strategy` checked, or the device's default when None."""
+    if strategy is None:
+        return default_strategy(device)
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown augmentation strategy '{strategy}'; valid: {', '.join(STRATEGIES)}")
+    return strategy
+
+
+@functools.lru_cache(maxsize=256)
+def constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A tensor of Python numbers, built once per (values, device, dtype) and shared: never modify it in place.
+
+    `torch.tensor(...)` on every call is a host->device copy per call on a GPU, and a CUDA graph
+    cannot capture it; built on the first call (the warm-up before a capture), it is a plain input.
+    """
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def uniform(generator: torch.Generator, shape: tuple[int, ...], device: torch.device) -> Tensor:
@@ -21,9 +54,6 @@ def randint(generator: torch.Generator, high: int, shape: tuple[int, ...], devic
     """Integers in [0, high), drawn like `uniform`."""
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
-
-# Device types where apply_grouped sorts by default; the tests empty it to check the other path.
-SORT_BY_GROUP_ON = {"cpu"}
 
 Fn = Callable[..., Tensor | tuple[Tensor, ...]]
 
@@ -37,14 +67,15 @@ def apply_grouped(
     values for the first `outputs` of them (a tensor, or a tuple when `outputs` > 1), shaped and
     typed like them; rows whose group has no function keep those inputs unchanged.
 
-    Sorting (`sort=True`; by default on CPU): the batch is sorted by group once and each function
-    runs on its contiguous slice, so its cost follows the number of rows that chose it, for a fixed
-    handful of calls and one host sync per batch. Otherwise each function runs on the whole batch
-    and `torch.where` picks: no host sync, no data-dependent shapes (CUDA-graph friendly), and
-    kernels that small are launch-bound anyway. The functions must treat rows independently.
+    Sorting (`sort=True`, the 'gather' strategy; by default on CPU): the batch is sorted by group
+    once and each function runs on its contiguous slice, so its cost follows the number of rows
+    that chose it, for a fixed handful of calls and one host sync per batch. Otherwise ('where')
+    each function runs on the whole batch and `torch.where` picks: no host sync, no data-dependent
+    shapes (CUDA-graph friendly), and kernels that small are launch-bound anyway. The functions
+    must treat rows independently.
     """
     if sort is None:
-        sort = group.device.type in SORT_BY_GROUP_ON
+        sort = default_strategy(group.device) == "gather"
     if not sort:
         results = list(inputs[:outputs])
         for g, fn in fns.items():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ._per_sample import apply_grouped, luminance, pixel_centres, randint, uniform
+from ._per_sample import apply_grouped, constant, luminance, pixel_centres, randint, resolve_strategy, uniform
 
 # torchvision's RandAugment ops, in its order (`RandAugment._augmentation_space`).
 RANDAUGMENT_OPS = (
@@ -21,12 +21,18 @@ MAX_MAGNITUDE = 30  # torchvision's num_magnitude_bins=31: magnitudes 0..30; lar
 
 
 def op_magnitudes(magnitude: float, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """torchvision RandAugment's `_augmentation_space` at one magnitude: per op (value, signed), each (14,).
+    """torchvision RandAugment's `_augmentation_space` at one magnitude: per op (value, signed), each (14,), on CPU.
 
     Values are in the units torchvision's `_apply_op` takes (shear factor, pixels, degrees,
     factor - 1, bits, threshold on 0-255). `magnitude` is clipped to [0, 30], so m=30 puts every op
     at its maximum; fractional magnitudes interpolate linearly between torchvision's bins.
     """
+    values, signed = _magnitude_table(magnitude, height, width)
+    return torch.tensor(values), torch.tensor(signed)
+
+
+def _magnitude_table(magnitude: float, height: int, width: int) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+    """`op_magnitudes` as Python numbers, in RANDAUGMENT_OPS order."""
     t = min(max(float(magnitude), 0.0), MAX_MAGNITUDE) / MAX_MAGNITUDE
     table = {
         "ShearX": (0.3 * t, True),
@@ -41,8 +47,8 @@ def op_magnitudes(magnitude: float, height: int, width: int) -> tuple[Tensor, Te
         "Posterize": (8.0 - round(4 * t), False),  # torchvision: 8 - round(m / 7.5), round half to even
         "Solarize": (255.0 * (1 - t), False),
     }
-    values = torch.tensor([table.get(name, (0.0, False))[0] for name in RANDAUGMENT_OPS])
-    signed = torch.tensor([table.get(name, (0.0, False))[1] for name in RANDAUGMENT_OPS])
+    values = tuple(float(table.get(name, (0.0, False))[0]) for name in RANDAUGMENT_OPS)
+    signed = tuple(table.get(name, (0.0, False))[1] for name in RANDAUGMENT_OPS)
     return values, signed
 
 
@@ -50,22 +56,26 @@ def draw_ops(
     batch: int, magnitude: float, height: int, width: int, generator: torch.Generator, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """One RandAugment draw per image, as torchvision does it: a uniform op and, for signed ops, a random sign."""
-    values, signed = (t.to(device) for t in op_magnitudes(magnitude, height, width))
+    device = torch.device(device)
+    table, is_signed = _magnitude_table(magnitude, height, width)
+    values, signed = constant(table, device), constant(is_signed, device, torch.bool)  # (14,) each, cached
     op_index = randint(generator, len(RANDAUGMENT_OPS), (batch,), device)  # (B,)
     negate = (uniform(generator, (batch,), device) < 0.5) & signed[op_index]
     return op_index, torch.where(negate, -values[op_index], values[op_index])
 
 
-def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor) -> Tensor:
+def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, strategy: str | None = None) -> Tensor:
     """Apply op RANDAUGMENT_OPS[op_index[b]] with magnitude[b] (torchvision's units) to each image b.
 
     x: (B, C, H, W) float in [0, 1]. The five warps share one `grid_sample` with a matrix per
-    image; every other op runs once, on the images that chose it.
+    image; every other op runs once: on the images that chose it (strategy 'gather', the CPU
+    default) or on the whole batch, `torch.where` picking ('where', the accelerators' default).
     """
-    is_warp = torch.isin(op_index, op_index.new_tensor([_OP_ID[name] for name in _WARPS]))
+    is_warp = (op_index >= _OP_ID[_WARPS[0]]) & (op_index <= _OP_ID[_WARPS[-1]])  # the warps are consecutive ids
     group = torch.where(is_warp, _OP_ID[_WARPS[0]], op_index)  # (B,) all warps in one group
     fns = {_OP_ID[_WARPS[0]]: _warp} | {_OP_ID[name]: _ignore_op_index(op) for name, op in _PIXEL_OPS.items()}
-    return apply_grouped(group, fns, x, op_index, magnitude)
+    sort = resolve_strategy(strategy, x.device) == "gather"
+    return apply_grouped(group, fns, x, op_index, magnitude, sort=sort)
 
 
 def _ignore_op_index(op: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -120,7 +130,8 @@ def _affine_grid(matrix: Tensor, size: tuple[int, int]) -> Tensor:
     is ~10x slower on CPU.
     """
     height, width = size
-    m = matrix / matrix.new_tensor([0.5 * width, 0.5 * height])[None, :, None]  # to normalised coordinates
+    half_size = constant((0.5 * width, 0.5 * height), matrix.device, matrix.dtype)
+    m = matrix / half_size[None, :, None]  # to normalised coordinates
     m = m[:, :, :, None, None]  # (B, 2, 3, 1, 1)
     xs = pixel_centres(width, matrix.device)  # (W,)
     ys = pixel_centres(height, matrix.device)[:, None]  # (H, 1)
@@ -225,6 +236,7 @@ def _equalize(x: Tensor, magnitude: Tensor | None = None) -> Tensor:
 
 
 _WARPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+assert [_OP_ID[name] for name in _WARPS] == list(range(_OP_ID[_WARPS[0]], _OP_ID[_WARPS[-1]] + 1))  # apply_ops
 # The other ops, each a per-image function (x (B, C, H, W), magnitude (B,)) -> x; Identity needs none.
 _PIXEL_OPS = {
     "Brightness": _brightness,

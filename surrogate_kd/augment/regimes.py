@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import REGIMES
-from ._per_sample import apply_grouped, randint, uniform
+from ._per_sample import apply_grouped, randint, resolve_strategy, uniform
 from .randaugment import apply_ops, draw_ops
 from .spatial import draw_erasing_boxes, elastic, elastic_displacement, erase, flip_crop
 
@@ -75,19 +75,23 @@ def _field_value(field: str, kind: str, value) -> int | float:
     return int(number) if kind == "int" else number
 
 
-def augment(images: Tensor, regime: Regime, generator: torch.Generator) -> Tensor:
+def augment(images: Tensor, regime: Regime, generator: torch.Generator, strategy: str | None = None) -> Tensor:
     """(B, C, H, W) uint8 on any device -> (B, C, H, W) float32 in [0, 1] on the same device; C is 1 or 3.
 
     Order: RandAugment (n ops per image), flip, padded crop, elastic, invert, erasing. Parameters
-    come from `generator` (on its own device; a CPU generator gives identical draws on any device).
+    come from `generator` only (on its own device; a CPU generator gives identical draws on any
+    device). `strategy`: how images meet the ops they drew, 'gather' (CPU default) or 'where'
+    (accelerator default: a fixed sequence of ops, no host sync, capturable in a CUDA graph);
+    both give the same images.
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise UserError(f"augment wants (B, 1|3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
     batch, _, height, width = images.shape
     device = images.device
+    strategy = resolve_strategy(strategy, device)
     x = images.float().div_(255.0)  # (B, C, H, W) float32 in [0, 1]
     for _ in range(regime.randaugment_n):
-        x = apply_ops(x, *draw_ops(batch, regime.randaugment_m, height, width, generator, device))
+        x = apply_ops(x, *draw_ops(batch, regime.randaugment_m, height, width, generator, device), strategy=strategy)
     if regime.flip_p > 0 or regime.crop_padding > 0:
         flip = uniform(generator, (batch,), device) < regime.flip_p
         top, left = randint(generator, 2 * regime.crop_padding + 1, (2, batch), device)
@@ -100,7 +104,7 @@ def augment(images: Tensor, regime: Regime, generator: torch.Generator) -> Tenso
         def warp(images: Tensor, noise: Tensor) -> Tensor:
             return elastic(images, elastic_displacement(noise, regime.elastic_alpha, regime.elastic_sigma))
 
-        x = apply_grouped(chosen.long(), {1: warp}, x, noise)
+        x = apply_grouped(chosen.long(), {1: warp}, x, noise, sort=strategy == "gather")
     if regime.invert_p > 0:
         chosen = uniform(generator, (batch,), device) < regime.invert_p
         x = torch.where(chosen[:, None, None, None], 1.0 - x, x)
@@ -113,7 +117,8 @@ def mixup(x: Tensor, generator: torch.Generator, per_sample: bool = False) -> tu
     """x (B, C, H, W) float -> (mixed, lam, perm), mixed = lam * x + (1 - lam) * x[perm].
 
     lam ~ U(0, 1) (the paper's mixup), one per batch (shape (1,)) or one per image ((B,)); the caller
-    mixes teacher targets or labels with the same lam and perm.
+    mixes teacher targets or labels with the same lam and perm. Draws from `generator` only; the
+    same few ops at any batch size, no host sync.
     """
     batch = x.shape[0]
     lam = uniform(generator, (batch if per_sample else 1,), x.device)

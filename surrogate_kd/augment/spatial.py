@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._per_sample import pixel_centres, uniform
+from ._per_sample import constant, pixel_centres, uniform
 
 
 def flip_crop(x: Tensor, flip: Tensor, top: Tensor, left: Tensor, padding: int) -> Tensor:
@@ -58,7 +58,7 @@ def elastic_displacement(noise: Tensor, alpha: float, sigma: float) -> Tensor:
         blur_rows = _gaussian_blur_matrix(height, float(sigma), noise.device)
         blur_cols = _gaussian_blur_matrix(width, float(sigma), noise.device)
         noise = blur_rows.T @ noise @ blur_cols
-    scale = noise.new_tensor([alpha / width, alpha / height])[None, :, None, None]
+    scale = constant((alpha / width, alpha / height), noise.device, noise.dtype)[None, :, None, None]
     return (noise * scale).permute(0, 2, 3, 1)
 
 
