@@ -106,18 +106,22 @@ def augment_rates(device, s) -> dict:
 
 
 def source_rates(device, s) -> dict:
+    """images/s per source and size; on CUDA both rendering strategies (sources/strategy.py): 'where'
+    (the CUDA default: launches independent of the batch, no host syncs) and 'gather' (the CPU's)."""
     rates = {}
+    strategies = ("where", "gather") if device.type == "cuda" else (None,)
     for name in SOURCES.names():
         for size in s["source_sizes"]:
-            count = s["source_count"] if size <= 64 else max(64, s["source_count"] // 8)
-            params = {"mean": (0.5,) * 3, "std": (0.25,) * 3} if name == "noise" else {}
-            start = time.perf_counter()
-            render(name, 0, 0, count, size, 3, device, **params)
-            _sync(device)
-            start = time.perf_counter()  # second call: kernels compiled, photos loaded
-            render(name, 0, count, count, size, 3, device, **params)
-            _sync(device)
-            rates[f"{name} {size}px"] = round(count / (time.perf_counter() - start))
+            for strategy in strategies:
+                count = s["source_count"] if size <= 64 else max(64, s["source_count"] // 8)
+                params = {"mean": (0.5,) * 3, "std": (0.25,) * 3} if name == "noise" else {}
+                render(name, 0, 0, count, size, 3, device, strategy=strategy, **params)
+                _sync(device)
+                start = time.perf_counter()  # second call: kernels compiled, photos loaded
+                render(name, 0, count, count, size, 3, device, strategy=strategy, **params)
+                _sync(device)
+                label = f"{name} {size}px" + (f" {strategy}" if strategy else "")
+                rates[label] = round(count / (time.perf_counter() - start))
     return rates
 
 

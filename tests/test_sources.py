@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from surrogate_kd.errors import UserError
+from surrogate_kd.opcount import OpCounter
 from surrogate_kd.sources import SOURCES, is_simple, luminance, render
 from surrogate_kd.sources import leaves as leaves_module
 from surrogate_kd.sources.rng import Draws, mix64
@@ -39,6 +40,55 @@ def test_byte_identical_whatever_the_batch(name):
     assert torch.equal(render(name, 7, 0, 40, 11), full)
     for start, stop in [(5, 8), (1, 40), (17, 18), (39, 40)]:
         assert torch.equal(render(name, 7, start, stop - start, 11), full[start:stop]), (start, stop)
+
+
+# What each source's 'where' strategy must reproduce: the filter's redraws, figures and frames
+# for shaders, deep rounds for leaves (30 shapes a round: images finish after 3 to 32 rounds).
+SAME_BYTES_CASES = {
+    "shaders": [{}, {"figure": 0.5, "frames": 3}, {"min_std": 0.2, "min_colors": 12}],
+    "leaves": [{}, {"shapes": 30}, {"shapes": 5, "max_rounds": 3}],
+    "noise": [{}, {"mean": [0.2, 0.5, 0.8], "std": [0.05, 0.1, 0.3]}],
+    "photos": [{}],
+}
+
+
+@pytest.mark.parametrize("size", [11, 32])
+def test_where_strategy_gives_the_bytes_of_gather(name, size):
+    for params in SAME_BYTES_CASES[name]:
+        per_channel = any(isinstance(value, list) for value in params.values())
+        for channels in (3,) if per_channel else (1, 3):
+            gather = render(name, 7, 3, 40, size, channels, strategy="gather", **params)
+            where = render(name, 7, 3, 40, size, channels, strategy="where", **params)
+            assert torch.equal(where, gather), (params, channels)
+
+
+def _dispatched(name: str, count: int, device: str) -> OpCounter:
+    with OpCounter() as ops:
+        render(name, 0, 0, count, 32, device=device, strategy="where")
+    return ops
+
+
+def test_where_strategy_dispatches_the_same_ops_at_any_batch(name):
+    """The GPU contract, seen on CPU: no host sync, no tensor from Python data, ops that do not grow with the batch.
+
+    256 and 4,096 images are counted on the meta device, which runs the dispatch without data (a
+    data-dependent step such as a host sync cannot run there at all), in a second where rendering
+    4,096 leaves on this CPU takes minutes; 16 images on the CPU must dispatch exactly the ops of
+    256 on meta.
+    """
+    render(name, 0, 0, 1, 32, strategy="where")  # photos: the atlas, built once per process and device
+    render(name, 0, 0, 1, 32, device="meta", strategy="where")
+    cpu, small, large = _dispatched(name, 16, "cpu"), _dispatched(name, 256, "meta"), _dispatched(name, 4096, "meta")
+    assert cpu.ops == small.ops
+    for ops in (cpu, small, large):
+        assert not ops.host_syncs, ops.host_syncs
+        assert ops.python_tensors == 0
+    assert abs(large.total - small.total) <= 0.05 * small.total, (small.total, large.total)
+
+
+def test_unknown_strategy_is_a_user_error():
+    with pytest.raises(UserError, match="valid: gather, where"):
+        render("noise", 0, 0, 1, 8, strategy="scatter")
 
 
 def test_seeds_and_indices_differ(name):

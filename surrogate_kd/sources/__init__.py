@@ -2,12 +2,14 @@
 
 A source is a plain function registered in `SOURCES` beside its definition (one module each):
 
-    fn(seed, indices, size, channels, device, **params) -> uint8 (N, channels, size, size)
+    fn(seed, indices, size, channels, device, strategy, **params) -> uint8 (N, channels, size, size)
 
 Image i is a pure function of (seed, i) and the parameters: byte-identical on CPU whatever
 batch renders it (see rng.py), the same distribution on CUDA. `render` is the entry point; it
 checks arguments (parameter names and values against the source's signature) and bounds
-memory by rendering in chunks.
+memory by rendering in chunks. `strategy` (strategy.py) says how a source spends its work:
+'gather' on CPU, 'where' (the same ops at any batch size, no host sync) on accelerators; both
+give the same bytes on CPU.
 """
 
 import inspect
@@ -25,15 +27,18 @@ from ..errors import UserError
 from ..registry import SOURCES
 from . import leaves, noise, photos, shaders  # noqa: F401  each registers its source in SOURCES
 from .shaders import is_simple
+from .strategy import STRATEGIES, resolve_strategy
 
-__all__ = ["SOURCES", "is_simple", "luminance", "render"]
+__all__ = ["SOURCES", "STRATEGIES", "is_simple", "luminance", "render"]
 
-# Render at most this many pixels per source call (256 images at 32x32): bounds the
-# temporaries (several floats per pixel and per shape row) to tens of MB, which keeps them
-# in cache and out of page faults; 4x larger chunks measured ~25% slower on CPU.
-_PIXELS_PER_CHUNK = 1 << 18
+# Render at most this many pixels per source call. 'gather' (CPU): 256 images at 32x32, which
+# bounds the temporaries (several floats per pixel and per shape row) to tens of MB, in cache and
+# out of page faults; 4x larger chunks measured ~25% slower on CPU. 'where': 4,096 images at 32x32
+# (83 at 224x224), so a batch of up to 4,096 images at 32x32 is one call, one fixed set of ops;
+# its temporaries are a few GB (the shader attempts and leaf rounds multiply the pixels).
+_PIXELS_PER_CHUNK = {"gather": 1 << 18, "where": 1 << 22}
 
-_FIXED_ARGUMENTS = 5  # (seed, indices, size, channels, device); the source's parameters follow
+_FIXED_ARGUMENTS = 6  # (seed, indices, size, channels, device, strategy); the source's parameters follow
 
 
 def _check(name: str, seed: int, size: int, channels: int, params: dict) -> Callable[..., Tensor]:
@@ -104,19 +109,24 @@ def render(
     size: int,
     channels: int = 3,
     device: "str | torch.device" = "cpu",
+    strategy: "str | None" = None,
     **params,
 ) -> Tensor:
-    """uint8 (count, channels, size, size): images start..start+count-1 of the stream `seed`."""
+    """uint8 (count, channels, size, size): images start..start+count-1 of the stream `seed`.
+
+    strategy: 'gather' or 'where' (strategy.py); None picks 'gather' on CPU, 'where' elsewhere.
+    """
     fn = _check(name, seed, size, channels, params)
     if not isinstance(count, int) or count < 0:
         raise UserError(f"image count must be a non-negative integer, got {count!r}")
     if not isinstance(start, int) or start < 0:
         raise UserError(f"start index must be a non-negative integer, got {start!r}")
     device = _device(device)
+    strategy = resolve_strategy(strategy, device)
     out = torch.empty((count, channels, size, size), dtype=torch.uint8, device=device)
-    chunk = max(1, _PIXELS_PER_CHUNK // (size * size))
+    chunk = max(1, _PIXELS_PER_CHUNK[strategy] // (size * size))
     for first in range(0, count, chunk):
         last = min(first + chunk, count)
         indices = torch.arange(start + first, start + last, dtype=torch.int64, device=device)
-        out[first:last] = fn(int(seed), indices, size, channels, device, **params)
+        out[first:last] = fn(int(seed), indices, size, channels, device, strategy, **params)
     return out

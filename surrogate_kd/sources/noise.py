@@ -32,6 +32,7 @@ def noise(
     size: int,
     channels: int,
     device: torch.device,
+    strategy: str,
     mean: "float | Sequence[float]" = 0.286,
     std: "float | Sequence[float]" = 0.353,
 ) -> Tensor:
@@ -40,7 +41,8 @@ def noise(
     stds = _per_channel(std, channels, "std")
     if min(stds) < 0:
         raise UserError(f"noise std must be >= 0, got {stds}")
-    mean_t = torch.tensor(means, device=device).view(1, channels, 1, 1)
-    std_t = torch.tensor(stds, device=device).view(1, channels, 1, 1)
+    # (1, C, 1, 1) each, filled on the device: torch.tensor(means) would copy from the host on every call.
+    mean_t = torch.cat([torch.full((1, 1, 1, 1), value, device=device) for value in means], 1)
+    std_t = torch.cat([torch.full((1, 1, 1, 1), value, device=device) for value in stds], 1)
     z = Draws(seed, indices).normal(channels, size, size)  # (N, C, H, W) float32
     return to_uint8(z * std_t + mean_t)

@@ -109,10 +109,15 @@ def photos(
     size: int,
     channels: int,
     device: torch.device,
+    strategy: str,
     min_scale: float = 0.1,
     max_scale: float = 1.0,
 ) -> Tensor:
-    """uint8 (N, channels, size, size) crops; crop side = U(min_scale, max_scale) x shorter photo side."""
+    """uint8 (N, channels, size, size) crops; crop side = U(min_scale, max_scale) x shorter photo side.
+
+    Gathers with fixed shapes and no host sync: the same ops for either strategy. The photo atlas
+    is built once per process and device (a tensor from Python data on that first call only).
+    """
     if not 0 < min_scale <= max_scale <= 1:
         raise UserError(f"photos needs 0 < min_scale <= max_scale <= 1, got {min_scale}, {max_scale}")
     atlas = _atlas(torch.device(device))

@@ -40,6 +40,14 @@ def mix64(x: Tensor) -> Tensor:
     return x ^ _shift_right(x, 31)
 
 
+def _mix64_int(x: int) -> int:
+    """`mix64` of one Python int, as the int64 it gives: no tensor made from Python data per call."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return _int64(x ^ (x >> 31))
+
+
 def bits_to_uniform(bits: Tensor) -> Tensor:
     """The top 24 bits of int64 hashes as float32 uniforms in [0, 1)."""
     return _shift_right(bits, 40).to(torch.float32) * _FLOAT24
@@ -52,9 +60,10 @@ def _second_uniform(bits: Tensor) -> Tensor:
 
 def image_keys(seed: int, indices: Tensor, salt: "int | Tensor" = 0) -> Tensor:
     """One int64 key per image from (seed, index, salt); salt separates re-draws."""
-    base = mix64(torch.tensor(_int64(seed), dtype=torch.int64, device=indices.device))
-    keys = mix64(base + indices.to(torch.int64) * _GAMMA)  # (N,)
-    return mix64(keys + torch.as_tensor(salt, dtype=torch.int64, device=indices.device) * _GAMMA)
+    keys = mix64(indices.to(torch.int64) * _GAMMA + _mix64_int(seed))  # (N,)
+    if isinstance(salt, Tensor):
+        return mix64(keys + salt.to(torch.int64) * _GAMMA)
+    return mix64(keys + _int64(salt * _GOLDEN))  # the same wrapped product, computed in Python
 
 
 class Draws:

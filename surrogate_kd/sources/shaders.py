@@ -20,9 +20,13 @@ shapes on a plain ground (the Fashion-MNIST demo teacher called 85% of them "bag
 visit them: relative entropy 0.26 -> 0.85, and a better student (docs/sources.md). `figure=0`
 gives the paper's full-frame renders.
 
-Each image runs only its own ops: indices are grouped by the op they drew (`augment.apply_grouped`).
 Renders that `is_simple` flags (the paper's constant or near-constant shaders) are redrawn
 with the next attempt number, so image i stays a pure function of (seed, i).
+
+Two strategies (strategy.py), the same bytes on CPU: 'gather' (the CPU default) runs each op on
+the images that drew it and redraws only the rejected renders; 'where' (accelerators) runs every
+op on every image and renders every attempt of every image at once, picking with torch.where
+and the first accepted attempt with argmax: a fixed set of ops whatever the batch, no host sync.
 
 Only ops whose CPU results do not depend on an element's position in memory are used
 (sin, cos, exp, log, sqrt, atan, floor and arithmetic; not pow, atan2 or sigmoid), so an
@@ -35,11 +39,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..augment import apply_grouped, luminance
+from ..augment import luminance
 from ..errors import UserError
 from ..registry import SOURCES
 from .pixels import to_uint8, with_channels
 from .rng import Draws, bits_to_uniform, mix64
+from .strategy import per_image
 
 TAU = 2 * math.pi
 # (x, y, u, t, key) -> (x, y) for transforms, v for value functions; x, y, v (n, H, W), u (n, P), t, key (n, 1, 1)
@@ -258,7 +263,7 @@ def _shape_values(v: Tensor, u: Tensor) -> Tensor:
         _fract(v * torch.floor(_col(u, 3, 2, 7))),
         torch.abs(torch.sin(v * _col(u, 4, 1, 4) * math.pi)),
     ])  # fmt: skip
-    choice = torch.bucketize(u[:, 0].contiguous(), torch.tensor([0.5, 0.625, 0.75, 0.875], device=u.device))
+    choice = sum((u[:, 0] > edge).to(torch.int64) for edge in (0.5, 0.625, 0.75, 0.875))  # as bucketize would
     return candidates[choice, torch.arange(v.shape[0], device=v.device)].clamp(0.0, 1.0)
 
 
@@ -278,7 +283,7 @@ def _colourise(v: Tensor, u: Tensor) -> Tensor:
 FIGURE_SALT = 0x46494755  # the figure's draws have their own stream: plain renders stay as they were
 
 
-def _figure_mask(seed: int, programs: Tensor, attempt: int, size: int, figure: float) -> Tensor:
+def _figure_mask(seed: int, programs: Tensor, attempt: "int | Tensor", size: int, figure: float) -> Tensor:
     """(n, 1, size, size) in [0, 1]: 1 for plain renders, else a shape's soft-edged inside.
 
     The shape is a signed distance d (< 0 inside) of an ellipse, a box or a trapezoid with
@@ -301,9 +306,9 @@ def _figure_mask(seed: int, programs: Tensor, attempt: int, size: int, figure: f
     return torch.where(_col(u, 0) < figure, mask, torch.ones_like(mask)).unsqueeze(1)
 
 
-def _render(seed: int, programs: Tensor, attempt: int, time_steps: Tensor, size: int, layers: int,
-            figure: float = 0.0) -> Tensor:
-    """(n, 3, size, size) float images of programs (n,) at time steps (n,) in [0, 1)."""
+def _render(seed: int, programs: Tensor, attempt: "int | Tensor", time_steps: Tensor, size: int, layers: int,
+            figure: float = 0.0, strategy: str = "gather") -> Tensor:
+    """(n, 3, size, size) float images of programs (n,) at time steps (n,) in [0, 1); attempt: one or (n,)."""
     n, device = programs.numel(), programs.device
     draws = Draws(seed, programs, salt=attempt)  # a redraw is a new program for the same image
     active = draws.integers(layers) + 1  # (n,) number of transform layers used
@@ -317,14 +322,13 @@ def _render(seed: int, programs: Tensor, attempt: int, time_steps: Tensor, size:
     grid = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
     y = grid.view(1, size, 1).expand(n, size, size)
     x = grid.view(1, 1, size).expand(n, size, size)
-    # Each image runs only its own ops (sorted into groups, on every device: running all eight on
-    # every image would cost several times more); group 0, a layer past `active`, leaves x, y as they are.
+    # Choice 0, a layer past `active`, leaves x, y as they are.
     transforms = {k + 1: op for k, op in enumerate(TRANSFORMS)}
     for layer in range(layers):
         choice = torch.where(layer < active, layer_ops[:, layer] + 1, 0)
-        x, y = apply_grouped(choice, transforms, x, y, layer_params[:, layer], time, key, outputs=2, sort=True)
+        x, y = per_image(choice, transforms, x, y, layer_params[:, layer], time, key, outputs=2, strategy=strategy)
     values = dict(enumerate(VALUES))
-    v = apply_grouped(value_op, values, x, y, value_params, time, key, sort=True)  # replaces x: a value per pixel
+    v = per_image(value_op, values, x, y, value_params, time, key, strategy=strategy)  # replaces x: a value per pixel
     v = torch.nan_to_num(v, nan=0.0, posinf=1.0, neginf=0.0)
     v = _shape_values(_stretch(v), shape_params)
     rgb = _colourise(v, colour_params)
@@ -362,6 +366,7 @@ def shaders(
     size: int,
     channels: int,
     device: torch.device,
+    strategy: str,
     layers: int = 3,
     frames: int = 1,
     min_std: float = 0.04,
@@ -386,6 +391,9 @@ def shaders(
     if not (isinstance(figure, (int, float)) and 0 <= figure <= 1):
         raise UserError(f"shaders needs 0 <= figure <= 1, got {figure!r}")
     programs, time_steps = indices // frames, (indices % frames).to(torch.float32) / frames
+    if strategy == "where":
+        return _every_attempt(seed, programs, time_steps, size, channels, layers, min_std, min_colors, attempts,
+                              float(figure))  # fmt: skip
     out = torch.empty((indices.numel(), channels, size, size), dtype=torch.uint8, device=device)
     todo = torch.arange(indices.numel(), device=device)  # rows still without an accepted render
     for attempt in range(attempts):
@@ -399,3 +407,22 @@ def shaders(
         if todo.numel() == 0:
             break
     return out
+
+
+def _every_attempt(seed: int, programs: Tensor, time_steps: Tensor, size: int, channels: int, layers: int,
+                   min_std: float, min_colors: int, attempts: int, figure: float) -> Tensor:
+    """uint8 (n, channels, size, size): the first accepted of `attempts` renders, all rendered at once.
+
+    The same images as redrawing only the rejected renders (the 'gather' loop in `shaders`), for
+    `attempts` times the work (about 13% of first renders are rejected), but with a fixed set of
+    ops and no host sync: which attempt an image keeps is an argmax, not a data-dependent loop.
+    """
+    n = programs.numel()
+    attempt = torch.arange(attempts * n, device=programs.device) // n  # (A*n,) attempt-major
+    rgb = _render(seed, programs.repeat(attempts), attempt, time_steps.repeat(attempts), size, layers, figure,
+                  strategy="where")  # fmt: skip
+    images = to_uint8(with_channels(rgb, channels))  # (A*n, C, H, W) uint8
+    last = torch.arange(attempts, device=programs.device).view(-1, 1) == attempts - 1
+    accepted = ~is_simple(images, min_std, min_colors).view(attempts, n) | last  # out of attempts: the last stays
+    first = accepted.to(torch.uint8).argmax(0)  # (n,) the first accepted attempt (argmax returns the first maximum)
+    return images.view(attempts, n, *images.shape[1:])[first, torch.arange(n, device=programs.device)]

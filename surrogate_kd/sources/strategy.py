@@ -1,0 +1,72 @@
+"""How a source spends its work on a batch: only where it is needed ('gather'), or the same everywhere ('where').
+
+Images differ in what they need: each shader image runs its own program and is redrawn when the
+filter rejects it, and a dead-leaves image needs deeper rounds only where gaps are left. Two ways
+to render that, with the same bytes on CPU:
+
+    gather  group the work by what each image needs and run it on those images or pixels only:
+            least arithmetic, but shapes that depend on the data (a host sync each time they are
+            read) and an op count that follows the batch's mix. The CPU default: a sync costs
+            nothing there and arithmetic is the cost.
+    where   run every branch, every redraw and every round on the whole batch and pick with
+            torch.where: several times the arithmetic, but the same ops at any batch size and
+            any mix, no host sync and no tensor from Python data, so a GPU runs the batch as one
+            stream of large kernels (and a CUDA graph can capture it). The accelerator default.
+"""
+
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+STRATEGIES = ("gather", "where")
+
+
+def resolve_strategy(strategy: "str | None", device: torch.device) -> str:
+    """`strategy` checked, or 'gather' on CPU and 'where' on any other device when None."""
+    if strategy is None:
+        return "gather" if device.type == "cpu" else "where"
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown source strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def per_image(
+    choice: Tensor, fns: Mapping[int, Callable[..., "Tensor | tuple[Tensor, ...]"]], *inputs: Tensor,
+    outputs: int = 1, strategy: str = "gather",
+) -> "Tensor | tuple[Tensor, ...]":
+    """Row b of the result is `fns[choice[b]]` applied to row b of the inputs; rows without a function keep them.
+
+    choice: (B,) int64; inputs: (B, ...) each. Each function takes all the inputs and returns new
+    values for the first `outputs` of them, shaped like them; it must treat rows independently
+    and elementwise, so that a row's result does not depend on the rows beside it.
+    'gather' sorts the rows by choice and runs each function on its slice (a host sync to read
+    the slice bounds); 'where' runs every function on every row and picks with torch.where.
+    """
+    if strategy == "where":
+        results = list(inputs[:outputs])
+        for g, fn in fns.items():
+            chosen = choice == g  # (B,)
+            for j, new in enumerate(_as_tuple(fn(*inputs))):
+                results[j] = torch.where(chosen.view(-1, *[1] * (new.dim() - 1)), new, results[j])
+        return results[0] if outputs == 1 else tuple(results)
+    order = torch.argsort(choice, stable=True)  # (B,) rows grouped by choice, each group contiguous
+    sorted_inputs = [t.index_select(0, order) for t in inputs]  # copies: the first `outputs` take the results
+    ends = torch.bincount(choice, minlength=max(fns) + 1).cumsum(0).tolist()
+    for g, fn in fns.items():
+        rows = slice(ends[g - 1] if g > 0 else 0, ends[g])
+        if rows.stop > rows.start:
+            new = _as_tuple(fn(*(t[rows] for t in sorted_inputs)))
+            if outputs > 1:  # a result may view an input that an earlier result overwrites: copy those first
+                written = {t.untyped_storage().data_ptr() for t in sorted_inputs[:outputs]}
+                new = [v.clone() if v.untyped_storage().data_ptr() in written else v for v in new]
+            for result, value in zip(sorted_inputs, new):
+                result[rows] = value
+    results = tuple(torch.empty_like(t).index_copy_(0, order, t) for t in sorted_inputs[:outputs])
+    return results[0] if outputs == 1 else results
+
+
+def _as_tuple(values: "Tensor | tuple[Tensor, ...]") -> tuple[Tensor, ...]:
+    return values if isinstance(values, tuple) else (values,)
