@@ -34,7 +34,7 @@ from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
 from .recipe import data_kind as default_data_kind
-from .recipe import describe, distill_recipe, resolve, teacher_recipe
+from .recipe import WHY, describe, distill_recipe, resolve, teacher_recipe
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
 from .teacher import is_source, load_teacher, teacher_fingerprint
@@ -120,8 +120,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
             config=None, settings=None, **train_settings) -> dict:
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
 
-    The recipe follows the data kind (recipe.distill_recipe: tau 2 and `standard` for real data,
-    tau 20 and `high` for synthetic sources); `train_settings` are TrainConfig fields over it.
+    The recipe follows the data kind (recipe.distill_recipe: the paper's tau 2 and `standard` for
+    real data; for synthetic sources tau 4, no mixup, `high`, batch 128 at lr 0.05, as measured in
+    docs/recipe.md); `train_settings` are TrainConfig fields over it.
     `per_class`: images kept per predicted class out of `candidates` (0 or None: keep all).
     `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
     `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once
@@ -157,7 +158,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         first = batches.batch(0)[0][:64]  # on every rank: it builds epoch 0 (and its summary) there too
         if parallel.is_main():
             save_grid(first, run.path / "samples.png")  # what the student is shown (before augmentation)
-        _say(f"distill recipe ({kind} data): {describe(cfg)}")
+        _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {WHY[kind]}; any field can be set")
         torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
         model = build_model(student, spec)
         result = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=run.path,

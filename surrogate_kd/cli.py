@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--out", "run directory: weights, sidecar, metrics, result, samples.png")
     _add(p, c, "--data-kind", "picks the recipe (tau, regime); default: synthetic for sources but photos, else real",
          choices=["real", "synthetic"])
-    p.add_argument("--tau", type=float, help="KD temperature (default: 2 for real data, 20 for synthetic)")
+    p.add_argument("--tau", type=float, help="KD temperature (default: 2 for real data, 4 for synthetic)")
     p.add_argument("--targets", choices=["soft", "onehot", "smoothed"], help="KD targets (default: soft)")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
     _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)

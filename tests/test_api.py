@@ -50,9 +50,10 @@ def test_distill_api_and_cli_resolve_the_same_config(tmp_path, tiny_dataset, set
 
 def test_layers_replace_only_what_they_name(tmp_path):
     synthetic = distill_recipe("synthetic")
-    cfg = resolve(synthetic, {"budget_images": 1000}, ["augment.elastic_p=0"], lr=0.05, tau=None)
-    assert (cfg.tau, cfg.regime, cfg.mixup) == (synthetic.tau, "high", True)  # kept from the recipe
-    assert (cfg.budget_images, cfg.lr, dict(cfg.regime_overrides)) == (1000, 0.05, {"elastic_p": 0.0})
+    cfg = resolve(synthetic, {"budget_images": 1000}, ["augment.invert_p=0.2"], lr=0.01, tau=None)
+    assert (cfg.tau, cfg.regime, cfg.mixup) == (synthetic.tau, "high", synthetic.mixup)  # kept from the recipe
+    assert (cfg.budget_images, cfg.lr) == (1000, 0.01)
+    assert dict(cfg.regime_overrides) == {**dict(synthetic.regime_overrides), "invert_p": 0.2}
     assert resolve(teacher_recipe(), TrainConfig(epochs=3)) == TrainConfig(epochs=3), "a whole config is taken as is"
 
 
