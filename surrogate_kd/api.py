@@ -283,6 +283,25 @@ def import_teacher(out: str | Path, weights: str | Path | None = None, arch: str
                             preset=preset, overwrite=overwrite)
 
 
+def experiment(config: str | Path, settings: list[str] | dict | None = None, only: list[str] | None = None,
+               jobs: int = 1) -> dict:
+    """A grid of distillation runs from one YAML file, with its tables (experiment.experiment)."""
+    from .experiment import experiment as run_experiment
+
+    return run_experiment(str(config), settings=settings, only=only, jobs=jobs)
+
+
+def explain(out: str | Path = "runs/explain", sets: list[str] | None = None, candidates: int = 4000,
+            budget_images: int = 200_000, teacher_epochs: float = 100, seed: int = 0, device: str = "auto",
+            download: bool = False) -> dict:
+    """The paper's Fig. 2 toy: a 2-D feature teacher on digits, students from each set, one figure each."""
+    from .explain import explain as draw
+
+    return draw(out, sets=tuple(sets or ("digits", "shaders", "fashion-mnist")), candidates=candidates,
+                budget_images=budget_images, teacher_epochs=teacher_epochs, seed=seed, device=device,
+                download=download)
+
+
 def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto") -> dict:
     """A Fashion-MNIST teacher distilled through five kinds of data, with a report (demo.demo)."""
     from .demo import demo as run_demo

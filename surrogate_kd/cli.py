@@ -134,6 +134,17 @@ def cmd_import_teacher(args):
     _print(_call("import_teacher", args))
 
 
+def cmd_experiment(args):
+    report = _call("experiment", args)
+    print(report["table"])
+    print(f"results: {report['out']}/results.md, results.csv")
+
+
+def cmd_explain(args):
+    report = _call("explain", args)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("config",)}, indent=2, default=str))
+
+
 def cmd_score(args):
     from .report import markdown_table
     from .score import TABLE_COLUMNS
@@ -274,6 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the pools id/ and ood/")
     _add(p, c, "--overwrite", "replace pools at --out", action="store_true")
     p.set_defaults(func=cmd_split)
+
+    c = "experiment"
+    p = sub.add_parser("experiment", help="a grid of distillation runs from one YAML file, and its tables")
+    p.add_argument("config", help="the experiment's YAML file (configs/ has the paper's studies)")
+    _add(p, c, "--set", "KEY=VALUE over the file, dotted keys, e.g. recipe.budget_images=1000; repeatable",
+         dest="settings", action="append", metavar="KEY=VALUE")
+    _add(p, c, "--only", "run only the cells matching NAME (a cell, teacher, set, variant or axis=value); repeatable",
+         action="append", metavar="NAME")
+    _add(p, c, "--jobs", "cells run in parallel (processes)", type=int)
+    p.set_defaults(func=cmd_experiment)
+
+    c = "explain"
+    p = sub.add_parser("explain", help="the paper's Fig. 2 toy: decision regions of a 2-D feature teacher and its students")
+    _add(p, c, "--out", "folder for the runs and figures")
+    _add(p, c, "--sets", "distillation sets, e.g. digits shaders fashion-mnist", nargs="+")
+    _add(p, c, "--candidates", "images drawn per set", type=int)
+    _add(p, c, "--budget-images", "training images per student", type=int)
+    _add(p, c, "--teacher-epochs", "epochs of the toy teacher", type=float)
+    _add(p, c, "--seed", "everything drawn", type=int)
+    _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
+    _add(p, c, "--download", "allow downloading named datasets", action="store_true")
+    p.set_defaults(func=cmd_explain)
 
     c = "score"
     p = sub.add_parser("score", help="rank candidate distillation sets for a teacher, without distilling")

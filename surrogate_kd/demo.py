@@ -71,14 +71,15 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, device: str = "auto
     recipe = recipe or (QUICK if quick else DemoRecipe())
     started = time.perf_counter()
     teacher = train_teacher("fashion-mnist", out / "teacher", recipe.teacher_arch,
-                            config=replace(recipe.teacher, device=device), eval_data="fashion-mnist:test")
+                            config=replace(recipe.teacher, device=device), eval_data="fashion-mnist:test",
+                            overwrite=True)  # the demo owns its runs: another version's are replaced, not refused
     how = "reused" if teacher.get("reused") else f"{teacher['seconds']:.0f} s"
     print(f"teacher {recipe.teacher_arch}: test accuracy {teacher['test_accuracy']:.4f} ({how})", flush=True)
     students = []
     for source in sources:
         cfg = recipe.student_original if source == "original" else recipe.student
         result = distill(out / "teacher" / "model.safetensors", "fashion-mnist" if source == "original" else source,
-                         out / f"student-{source}", recipe.student_arch, config=replace(cfg, device=device),
+                         out / f"student-{source}", recipe.student_arch, config=replace(cfg, device=device), overwrite=True,
                          candidates=recipe.candidates, per_class=recipe.per_class, eval_data="fashion-mnist:test")
         row = {"source": source, "relative_entropy": result["relative_entropy"], "test_accuracy": result["test_accuracy"],
                "seconds": result["seconds"], "parameters": result["parameters"], "recipe": describe(cfg),
