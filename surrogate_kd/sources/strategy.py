@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from ..augment import apply_grouped  # the one group-by-choice dispatch, shared with augmentation
 from ..errors import UserError
 
 STRATEGIES = ("gather", "where")
@@ -45,28 +46,4 @@ def per_image(
     'gather' sorts the rows by choice and runs each function on its slice (a host sync to read
     the slice bounds); 'where' runs every function on every row and picks with torch.where.
     """
-    if strategy == "where":
-        results = list(inputs[:outputs])
-        for g, fn in fns.items():
-            chosen = choice == g  # (B,)
-            for j, new in enumerate(_as_tuple(fn(*inputs))):
-                results[j] = torch.where(chosen.view(-1, *[1] * (new.dim() - 1)), new, results[j])
-        return results[0] if outputs == 1 else tuple(results)
-    order = torch.argsort(choice, stable=True)  # (B,) rows grouped by choice, each group contiguous
-    sorted_inputs = [t.index_select(0, order) for t in inputs]  # copies: the first `outputs` take the results
-    ends = torch.bincount(choice, minlength=max(fns) + 1).cumsum(0).tolist()
-    for g, fn in fns.items():
-        rows = slice(ends[g - 1] if g > 0 else 0, ends[g])
-        if rows.stop > rows.start:
-            new = _as_tuple(fn(*(t[rows] for t in sorted_inputs)))
-            if outputs > 1:  # a result may view an input that an earlier result overwrites: copy those first
-                written = {t.untyped_storage().data_ptr() for t in sorted_inputs[:outputs]}
-                new = [v.clone() if v.untyped_storage().data_ptr() in written else v for v in new]
-            for result, value in zip(sorted_inputs, new):
-                result[rows] = value
-    results = tuple(torch.empty_like(t).index_copy_(0, order, t) for t in sorted_inputs[:outputs])
-    return results[0] if outputs == 1 else results
-
-
-def _as_tuple(values: "Tensor | tuple[Tensor, ...]") -> tuple[Tensor, ...]:
-    return values if isinstance(values, tuple) else (values,)
+    return apply_grouped(choice, fns, *inputs, outputs=outputs, sort=strategy != "where")
