@@ -13,7 +13,8 @@ import json
 import sys
 
 from . import __version__
-from .config import TrainConfig, parse_assignments
+from .config import parse_assignments
+from .recipe import distill_recipe, teacher_recipe
 from .errors import UserError
 
 
@@ -45,20 +46,27 @@ def _add(p, command: str, flag: str, help: str, **kwargs) -> None:
     p.add_argument(flag, dest=dest, default=None, help=help + shown, **kwargs)
 
 
-def _add_training_flags(p) -> None:
-    d = TrainConfig()
+def _add_training_flags(p, recipes: dict) -> None:
+    """Flags over TrainConfig; --help shows each default from the library's recipes (recipe.py),
+    per data kind where they differ, so no default is written here."""
+
+    def default(name: str) -> str:
+        values = {kind: getattr(cfg, name) for kind, cfg in recipes.items()}
+        if len(set(map(str, values.values()))) == 1:
+            return f"default: {next(iter(values.values()))}"
+        return "default: " + ", ".join(f"{value} for {kind}" for kind, value in values.items())
+
     g = p.add_argument_group("training (defaults: the recipe for the command and data kind, see recipe.py; "
                              "--set KEY=VALUE reaches every TrainConfig field)")
-    g.add_argument("--epochs", type=float, help=f"passes over the set (default: {d.epochs:g})")
-    g.add_argument("--lr", type=float, help=f"peak learning rate, cosine to 0 (default: {d.lr:g})")
-    g.add_argument("--batch-size", type=int, help=f"images per step, over all processes (default: {d.batch_size})")
-    g.add_argument("--regime", help="augmentation regime: none, standard, high, extreme "
-                                    "(default: standard; high for synthetic data when distilling)")
+    g.add_argument("--epochs", type=float, help=f"passes over the set ({default('epochs')})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate, cosine to 0 ({default('lr')})")
+    g.add_argument("--batch-size", type=int, help=f"images per step, over all processes ({default('batch_size')})")
+    g.add_argument("--regime", help=f"augmentation regime: none, standard, high, extreme ({default('regime')})")
     g.add_argument("--no-mixup", dest="mixup", action="store_const", const=False,
-                   help="no mixup (default: mixup for students, none for teachers)")
-    g.add_argument("--seed", type=int, help=f"fixes weights, data order and augmentation (default: {d.seed})")
-    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default: {d.device})")
-    g.add_argument("--precision", help=f"auto (bf16 where fast), bf16, fp32 (default: {d.precision})")
+                   help=f"no mixup (mixup {default('mixup')})")
+    g.add_argument("--seed", type=int, help=f"fixes weights, data order and augmentation ({default('seed')})")
+    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N ({default('device')})")
+    g.add_argument("--precision", help=f"auto (bf16 where fast), bf16, fp32 ({default('precision')})")
     g.add_argument("--config", help="YAML file of TrainConfig settings, layered over the defaults")
     g.add_argument("--set", dest="settings", action="append", metavar="KEY=VALUE",
                    help="set any TrainConfig field, e.g. tau=4; augment.FIELD=VALUE for a regime field; repeatable")
@@ -167,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--out", "run directory: weights, sidecar, metrics, result")
     _add(p, c, "--eval-data", "labelled set to report accuracy on, e.g. fashion-mnist:test")
     _add(p, c, "--download", "allow downloading named datasets", action="store_true")
-    _add_training_flags(p)
+    _add_training_flags(p, {"teachers": teacher_recipe()})
     p.set_defaults(func=cmd_train_teacher)
 
     c = "distill"
@@ -181,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--out", "run directory: weights, sidecar, metrics, result, samples.png")
     _add(p, c, "--data-kind", "picks the recipe (tau, regime); default: synthetic for sources but photos, else real",
          choices=["real", "synthetic"])
-    p.add_argument("--tau", type=float, help="KD temperature (default: 2 for real data, 4 for synthetic)")
+    p.add_argument("--tau", type=float, help=f"KD temperature (default: {distill_recipe('real').tau:g} for real data, "
+                                             f"{distill_recipe('synthetic').tau:g} for synthetic)")
     p.add_argument("--targets", choices=["soft", "onehot", "smoothed"], help="KD targets (default: soft)")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
     _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)
@@ -196,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
          action="store_true")
     _add(p, c, "--eval-data", "labelled set to report accuracy on, e.g. fashion-mnist:test")
     _add(p, c, "--download", "allow downloading named datasets", action="store_true")
-    _add_training_flags(p)
+    _add_training_flags(p, {"real data": distill_recipe("real"), "synthetic data": distill_recipe("synthetic")})
     p.set_defaults(func=cmd_distill)
 
     c = "evaluate"
