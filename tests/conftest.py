@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surrogate_kd.errors import UserError
 from surrogate_kd.config import InputSpec, TrainConfig
 from surrogate_kd.models import ImageClassifier
 
@@ -175,3 +176,14 @@ def fast_config() -> TrainConfig:
 def interrupt_at():
     """`interrupt_at(batches, step)` -> the same batches, interrupted at `step`."""
     return InterruptAt
+
+
+def raises_one_line(fn, *fragments: str) -> str:
+    """Call `fn`, expect a UserError whose single-line message holds every fragment."""
+    with pytest.raises(UserError) as caught:
+        fn()
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message

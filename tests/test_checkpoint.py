@@ -11,8 +11,9 @@ import torch
 from surrogate_kd.checkpoint import (SIDECAR_HELP, atomic_write, atomic_write_text, load_model, load_state,
                                      save_model, save_state)
 from surrogate_kd.config import InputSpec
-from surrogate_kd.errors import UserError, first_line
+from surrogate_kd.errors import first_line
 from surrogate_kd.models import build_model
+from conftest import raises_one_line
 
 SPEC = InputSpec(16, 1, (0.5,), (0.25,), ("a", "b", "c", "d"))
 
@@ -54,17 +55,6 @@ def dropping(field: str):
         del container[key]
         return meta
     return edit
-
-
-def raises_one_line(fn, *fragments: str) -> str:
-    """Call `fn`, expect a UserError whose single-line message holds every fragment."""
-    with pytest.raises(UserError) as caught:
-        fn()
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 def test_round_trip_keeps_weights_spec_and_provenance(tmp_path):

@@ -21,29 +21,18 @@ from surrogate_kd.checkpoint import load_model
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.distill import make_step
-from surrogate_kd.errors import UserError
 from surrogate_kd.foreign import BlackBoxClassifier
 from surrogate_kd.models import build_model
 from surrogate_kd.pool import Pool
 from surrogate_kd.rundir import file_digest
 from surrogate_kd.runtime import inference_copy, predict
 from surrogate_kd.teacher import teacher_fingerprint
+from conftest import raises_one_line
 
 SIZE = 32
 KINDS = ("weights", "torchscript", "onnx")
 TINY_DISTILL = dict(student="convnet_tiny", candidates=64, per_class=0, budget_images=64, batch_size=32,
                     device="cpu", precision="fp32", mixup=False, regime="none")
-
-
-def one_line_error(fn, *fragments: str) -> str:
-    """Call `fn`, expect a UserError of one line holding every fragment."""
-    with pytest.raises(UserError) as caught:
-        fn()
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 def export_onnx(net: torch.nn.Module, path, size: int = SIZE) -> None:
@@ -138,7 +127,7 @@ def test_a_black_box_changed_after_import_is_refused(files, tmp_path):
     api.import_teacher(tmp_path / "t", onnx=files["onnx"], num_classes=1000, preset="imagenet")
     with open(tmp_path / "t" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    one_line_error(lambda: load_model(tmp_path / "t"), "changed since it was imported", "import it again")
+    raises_one_line(lambda: load_model(tmp_path / "t"), "changed since it was imported", "import it again")
 
 
 def test_black_boxes_pass_through_inference_copy_and_the_kd_step_unharmed(imported):
@@ -208,7 +197,7 @@ def test_boundary_samples_on_the_onnx_teacher_need_no_gradients(imported, tmp_pa
     assert (pre_labels != result.targets).all() and (post_labels == result.targets).all()
     assert torch.equal(predict(teacher, result.images, precision="fp32").argmax(1), result.labels)
     assert (pre.int() - post.int()).abs().amax() <= 2, "the pair straddles the boundary, a grey level or two apart"
-    one_line_error(lambda: boundary_pairs(teacher, images[:4], method="gradient"), "gradient with respect to its input",
+    raises_one_line(lambda: boundary_pairs(teacher, images[:4], method="gradient"), "gradient with respect to its input",
                    "bisection")
     # The command and distill choose the gradient-free attack by themselves.
     np.savez(tmp_path / "images.npz", images=images.permute(0, 2, 3, 1).numpy())
@@ -262,14 +251,14 @@ STATE_MISTAKES = [
 def test_state_dict_mistakes_are_one_line_errors(state_dict, tmp_path, edit, options, fragments):
     path = saved(tmp_path, edit(dict(state_dict)))
     kwargs = {"arch": "torchvision:resnet18", "num_classes": 1000, "preset": "imagenet", "size": SIZE, **options}
-    one_line_error(lambda: api.import_teacher(tmp_path / "t", weights=path, **kwargs), *fragments)
+    raises_one_line(lambda: api.import_teacher(tmp_path / "t", weights=path, **kwargs), *fragments)
     assert not (tmp_path / "t").exists(), "nothing is written"
 
 
 def test_a_forward_pass_at_the_given_size_must_work(tmp_path):
     net = torchvision.models.squeezenet1_1(num_classes=10)  # its first conv and pool need more than 8 pixels
     path = saved(tmp_path, net.state_dict())
-    one_line_error(lambda: api.import_teacher(tmp_path / "t", weights=path, arch="torchvision:squeezenet1_1",
+    raises_one_line(lambda: api.import_teacher(tmp_path / "t", weights=path, arch="torchvision:squeezenet1_1",
                                               num_classes=10, preset="imagenet", size=8),
                    "a forward pass at 8x8 with 3 channels fails", "--size")
     api.import_teacher(tmp_path / "t", weights=path, arch="torchvision:squeezenet1_1", num_classes=10,
@@ -279,38 +268,38 @@ def test_a_forward_pass_at_the_given_size_must_work(tmp_path):
 def test_black_box_mistakes_are_one_line_errors(files, tmp_path):
     out = tmp_path / "t"
     imagenet = {"preset": "imagenet", "num_classes": 1000}
-    one_line_error(lambda: api.import_teacher(out, onnx=files["onnx"], **{**imagenet, "size": 64}),
+    raises_one_line(lambda: api.import_teacher(out, onnx=files["onnx"], **{**imagenet, "size": 64}),
                    "takes 32x32 images", "--size is 64")
-    one_line_error(lambda: api.import_teacher(out, onnx=files["onnx"], preset="imagenet", num_classes=10, size=SIZE),
+    raises_one_line(lambda: api.import_teacher(out, onnx=files["onnx"], preset="imagenet", num_classes=10, size=SIZE),
                    "has 1000 outputs but 10 classes")
-    one_line_error(lambda: api.import_teacher(out, torchscript=files["torchscript"], **{**imagenet, "size": SIZE},
+    raises_one_line(lambda: api.import_teacher(out, torchscript=files["torchscript"], **{**imagenet, "size": SIZE},
                                               arch="torchvision:resnet18"), "--arch names the architecture")
-    one_line_error(lambda: api.import_teacher(out, torchscript=files["weights"], **{**imagenet, "size": SIZE}),
+    raises_one_line(lambda: api.import_teacher(out, torchscript=files["weights"], **{**imagenet, "size": SIZE}),
                    "cannot read TorchScript file", "--weights and --arch")
-    one_line_error(lambda: api.import_teacher(out, weights=files["weights"], onnx=files["onnx"], **imagenet),
+    raises_one_line(lambda: api.import_teacher(out, weights=files["weights"], onnx=files["onnx"], **imagenet),
                    "give one teacher file", "--weights and --onnx")
-    one_line_error(lambda: api.import_teacher(out, **imagenet), "give one teacher file")
-    one_line_error(lambda: api.import_teacher(out, onnx=tmp_path / "nope.onnx", **imagenet), "file not found")
+    raises_one_line(lambda: api.import_teacher(out, **imagenet), "give one teacher file")
+    raises_one_line(lambda: api.import_teacher(out, onnx=tmp_path / "nope.onnx", **imagenet), "file not found")
     assert not out.exists()
 
 
 def test_missing_onnxruntime_says_how_to_install_it(files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if it were not installed
-    one_line_error(lambda: api.import_teacher(tmp_path / "t", onnx=files["onnx"], preset="imagenet"),
+    raises_one_line(lambda: api.import_teacher(tmp_path / "t", onnx=files["onnx"], preset="imagenet"),
                    "pip install onnxruntime")
 
 
 def test_class_files_and_outputs_are_checked(files, tmp_path):
     twice = tmp_path / "twice.txt"
     twice.write_text("cat\ndog\ncat\n")
-    one_line_error(lambda: api.import_teacher(tmp_path / "t", onnx=files["onnx"], classes=twice, preset="imagenet"),
+    raises_one_line(lambda: api.import_teacher(tmp_path / "t", onnx=files["onnx"], classes=twice, preset="imagenet"),
                    "names a class twice: cat")
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "notes.txt").write_text("mine")
-    one_line_error(lambda: api.import_teacher(tmp_path / "occupied", onnx=files["onnx"], preset="imagenet"),
+    raises_one_line(lambda: api.import_teacher(tmp_path / "occupied", onnx=files["onnx"], preset="imagenet"),
                    "not empty and holds no checkpoint", "notes.txt")
     api.import_teacher(tmp_path / "t", onnx=files["onnx"], preset="imagenet")
-    one_line_error(lambda: api.import_teacher(tmp_path / "t", onnx=files["onnx"], preset="imagenet"),
+    raises_one_line(lambda: api.import_teacher(tmp_path / "t", onnx=files["onnx"], preset="imagenet"),
                    "already holds a checkpoint", "--overwrite")
     api.import_teacher(tmp_path / "t", torchscript=files["torchscript"], num_classes=1000, preset="imagenet",
                        size=SIZE, overwrite=True)
