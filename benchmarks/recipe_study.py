@@ -1,4 +1,4 @@
-"""Distill one teacher through one source under recipe variants: an experiment (surrogate_kd/experiment.py).
+"""Distill one teacher through one source under recipe variants: an experiment (surrogate_kd/experiment/).
 
 This is how the demo's recipe was chosen (docs/demo.md): each variant is the demo's student recipe
 with a few fields changed, one cell of an experiment whose results (results.csv, results.md) land in

