@@ -5,11 +5,15 @@ Measures, on one CUDA device (issues 10 and 11):
                  student forward/backward + SGD), eager and captured as a CUDA graph, per pair
   augment        `augment` + `mixup` per regime, eager and captured
   sources        synthetic sources' images/s at 32 and 224 px
+  boundary       a boundary-sample pass (boundary_pairs, both methods, both loop strategies of
+                 boundary_attack.py) at 32 and 224 px with the last pair's teacher: samples/s and
+                 the pass's cost in epochs of distillation over the same images, of bare eager KD
+                 steps (bench_boundary.py's measure) and, at 32 px, of the loop's step above
   distill        `surrogate-kd distill` end to end through the real CLI (median images/s of its
                  metrics.jsonl), from teachers trained for a few epochs in this run on
                  Fashion-MNIST resized to 32x32x3, and its ratio to the captured step of the pair
 Bars (issue 10, H100/H200): distill >= 0.85x the captured step; high + mixup captured at batch 256
->= 6x the captured ResNet-34 -> ResNet-18 step.
+>= 6x the captured ResNet-34 -> ResNet-18 step. Issue 11: a boundary pass <= 3 distillation epochs.
 
 Without CUDA it says so in one line and exits 1. `--dry-run` runs the same pipeline on the CPU
 with tiny sizes (tests/test_bench_gpu.py runs it), captured entries reported as eager-only.
@@ -36,10 +40,10 @@ from surrogate_kd.sources import SOURCES, render
 
 FULL = dict(batch=256, size=32, channels=3, seconds=3.0, pairs=[("resnet34", "resnet18"), ("resnet50", "resnet18")],
             teacher_epochs=3, teacher_images=60000, distill_images=1_500_000, candidates=20000, per_class=1000,
-            source_sizes=(32, 224), source_count=4096)
+            source_sizes=(32, 224), source_count=4096, boundary_count=4096)
 DRY = dict(batch=16, size=16, channels=3, seconds=0.3, pairs=[("convnet_tiny", "convnet_tiny")],
            teacher_epochs=1, teacher_images=256, distill_images=256, candidates=128, per_class=8,
-           source_sizes=(16,), source_count=64)
+           source_sizes=(16,), source_count=64, boundary_count=64)
 
 
 def _sync(device: torch.device) -> None:
@@ -125,6 +129,37 @@ def source_rates(device, s) -> dict:
     return rates
 
 
+def boundary_costs(device, s, kd_rates: dict) -> dict:
+    """A boundary pass over `boundary_count` noise images per method x loop strategy x size, with the
+    last pair's (fresh, calibrated) teacher: samples/s, and the pass in epochs of distillation over
+    the same images: of bare eager KD steps at the bench batch (bench_boundary.py's measure: issue 11
+    quoted 27 for ResNet-50 at 32 px on an H200) and, at the bench size, of the loop's own step as
+    measured in `kd_steps` (captured on CUDA)."""
+    from bench_boundary import run as boundary_run  # benchmarks/ is on sys.path: this script's folder
+
+    teacher_arch, student_arch = s["pairs"][-1]
+    mode = "captured" if device.type == "cuda" else "eager"
+    step_rate = kd_rates[f"{teacher_arch}->{student_arch} {mode}"]  # images/s of the loop's step
+    costs = {}
+    for size in s["source_sizes"]:
+        count = s["boundary_count"] if size <= 64 else max(64, s["boundary_count"] // 8)
+        try:
+            setting = boundary_run(teacher_arch, student_arch, size, s["channels"], count, s["batch"], device, None,
+                                   methods=("gradient", "bisection"), strategies=("gather", "where"))
+        except torch.OutOfMemoryError:  # a CIFAR-style ResNet-50 at 224 px is heavy: say so, measure the rest
+            torch.cuda.empty_cache()
+            costs[f"{size}px"] = "out of memory"
+            continue
+        for row in setting["methods"]:
+            label = f"{row['method']} {size}px {row['strategy']}"
+            costs[f"{label} samples/s"] = round(row["samples_per_s"])
+            costs[f"{label} attack batch"] = row["attack_batch"]
+            costs[f"{label} pass / bare KD epoch"] = row["pass_in_distill_epochs"]
+            if size == s["size"]:
+                costs[f"{label} pass / {mode} loop-step epoch"] = round(row["seconds"] * step_rate / count, 2)
+    return costs
+
+
 def fashion_mnist_32(out: Path, s) -> Path:
     """Fashion-MNIST as 32x32 RGB (the issue's teacher data), as an .npz the CLI reads."""
     train = open_images("fashion-mnist")
@@ -159,8 +194,8 @@ def distill_end_to_end(device, s, out: Path) -> dict:
 
 
 def table(result: dict) -> str:
-    rows = ["| what | images/s |", "|---|---|"]
-    for section in ("kd_step", "augment", "sources", "distill", "ratios"):
+    rows = ["| what | images/s, or as named |", "|---|---|"]
+    for section in ("kd_step", "augment", "sources", "boundary", "distill", "ratios"):
         for name, value in result.get(section, {}).items():
             rows.append(f"| {section}: {name} | {value:,} |" if isinstance(value, int) else f"| {section}: {name} | {value} |")
     return "\n".join(rows)
@@ -184,6 +219,7 @@ def main(argv=None) -> int:
     result["kd_step"] = kd_steps(device, s)
     result["augment"] = augment_rates(device, s)
     result["sources"] = source_rates(device, s)
+    result["boundary"] = boundary_costs(device, s, result["kd_step"])
     result["distill"] = distill_end_to_end(device, s, out)
     mode = "captured" if device.type == "cuda" else "eager"
     result["ratios"] = {f"distill / {mode} step, {pair}": round(rate / result["kd_step"][f"{pair} {mode}"], 3)

@@ -17,6 +17,10 @@ number per image), and can only reach classes the teacher predicts for some part
 
 Iterates live on the uint8 grid (multiples of 1/255), so what the attack checks is exactly what
 gets stored: a pair cannot swap sides when it is written to a pool.
+
+This file chooses targets and partners and keeps the books; the loops themselves, and how they
+run on a CPU ('gather') and on a GPU ('where': fixed shapes, no host sync, captured as a CUDA
+graph), are in boundary_attack.py and boundary_slots.py.
 """
 
 import math
@@ -25,23 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .boundary_attack import (BISECTION_STEPS, GREY_LEVEL, Bisection, GradientAttack, bold_driver,  # noqa: F401
+                              default_batch_size)
+from .boundary_slots import SlotAttack
 from .checkpoint import load_model
 from .data import ImageSet, open_images
 from .runtime import autocast_context, predict, resolve_device
 from .errors import UserError
 from .pool import claim_output, write_pool
+from .sources.strategy import resolve_strategy
 from .teacher import class_histogram, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
 METHODS = ("auto", "gradient", "bisection")
-# Halvings of the segment: 2^-10 of the longest segment (255 grey levels) is a quarter grey level, so
-# more cannot change the rounded pair.
-BISECTION_STEPS = 10
-GROW, SHRINK = 1.1, 0.5  # Bold Driver factors, as in the authors' public code (issue 6)
-GREY_LEVEL = 1 / 255  # the smallest step a uint8 image can show
 ROLES = ("pre", "post", "pre_deeper", "post_deeper")
 
 
@@ -120,105 +122,6 @@ def choose_partners(targets: Tensor, partner_labels: Tensor, generator: torch.Ge
 
 # --------------------------------------------------------------------------- the attack
 
-def bold_driver(step: Tensor, advanced: Tensor, overshot: Tensor, min_step: float, max_step: float) -> Tensor:
-    """Per-image step sizes (B,): x1.1 after a step that missed the target, x0.5 after a reverted one."""
-    step = torch.where(advanced, step * GROW, step)
-    step = torch.where(overshot, step * SHRINK, step)
-    return step.clamp(min_step, max_step)
-
-
-def _signed_step(x: Tensor, gradient: Tensor, step: Tensor, low: Tensor, high: Tensor) -> Tensor:
-    """One descent step x - step * sign(grad), rounded to the uint8 grid and clipped to [low, high]."""
-    moved = (x - step.view(-1, 1, 1, 1) * gradient.sign()).mul(255).round().div(255)
-    return torch.minimum(torch.maximum(moved, low), high)  # low/high are on the grid: stays on it
-
-
-def _input_gradient(teacher: torch.nn.Module, x: Tensor, classes: Tensor, autocast) -> tuple[Tensor, Tensor]:
-    """Teacher logits (B, K) float32 at x and d CE(logits, classes) / dx (B, C, H, W).
-
-    The gradient is taken with respect to the input only, so no parameter's .grad is touched.
-    """
-    x = x.detach().requires_grad_(True)
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), autocast:
-            logits = teacher(x.contiguous(memory_format=torch.channels_last)).float()
-            if not logits.requires_grad:
-                raise RuntimeError("its output does not depend differentiably on the input")
-            # Summed, not averaged: each image's gradient is its own, whatever the batch size.
-            (gradient,) = torch.autograd.grad(F.cross_entropy(logits, classes, reduction="sum"), x)
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as error:
-        reason = (str(error).strip().splitlines() or ["unknown error"])[0]
-        raise UserError(f"boundary samples need the teacher's gradient with respect to its input, but {reason}; "
-                        "load the teacher outside torch.inference_mode and without no_grad in its forward, or use the "
-                        "gradient-free method='bisection'") from None
-    return logits.detach(), gradient
-
-
-def _attack_batch(teacher, originals: Tensor, targets: Tensor, threshold: float, max_steps: int, epsilon: float,
-                  step_size: float, autocast) -> dict[str, Tensor]:
-    """Attack one batch of uint8 images (B, C, H, W) towards targets (B,), all on the device.
-
-    Each step computes only the images still moving (`rows`), so the cost follows the steps
-    actually taken, not max_steps. Returns per image whether it crossed, whether its pair is
-    within the threshold and the steps taken; and, for the kept pairs (`kept`, (K,)), the
-    samples (4, K, C, H, W) uint8 and their classes (4, K). The deeper copies take the step that
-    crossed once more: it is sized to how far this image's boundary was.
-    """
-    x0 = originals.float().div(255)  # (B, C, H, W)
-    reach = int(epsilon * 255 + 1e-6)  # the epsilon ball in grey levels, rounded down
-    low = (originals.int() - reach).clamp(min=0).float().div(255)
-    high = (originals.int() + reach).clamp(max=255).float().div(255)
-    max_step = max(reach, 1) * GREY_LEVEL  # a longer step only lands on the ball's surface
-
-    step = torch.full(targets.shape, float(step_size), device=x0.device).clamp(GREY_LEVEL, max_step)
-    logits, gradient = _input_gradient(teacher, x0, targets, autocast)
-    top_x, class_x = logits.softmax(1).max(1)
-    active = class_x != targets  # (B,) bool; already t (a precision tie) counts as a failure
-    crossed, within = torch.zeros_like(active), torch.zeros_like(active)
-    steps = torch.zeros(targets.shape, dtype=torch.int64, device=x0.device)
-    x, pre, post, post_gradient = x0.clone(), x0.clone(), x0.clone(), torch.zeros_like(x0)
-    pre_class = class_x.clone()
-    for _ in range(max_steps):
-        rows = active.nonzero().flatten()  # (R,) the one host sync per step
-        if rows.numel() == 0:
-            break
-        candidate = _signed_step(x[rows], gradient[rows], step[rows], low[rows], high[rows])
-        logits_c, gradient_c = _input_gradient(teacher, candidate, targets[rows], autocast)
-        top_c, class_c = logits_c.softmax(1).max(1)
-        reached = class_c == targets[rows]
-        confident = (top_c > threshold) | (top_x[rows] > threshold)
-        # Revert and halve while the step can still shrink; at one grey level, take what it reached.
-        overshot = reached & confident & (step[rows] > GREY_LEVEL * (1 + 1e-6))
-        success, advanced = reached & ~overshot, ~reached
-        steps[rows] += 1
-
-        done = rows[success]  # the pair: the iterate before this step and the candidate
-        pre[done], post[done], post_gradient[done] = x[done], candidate[success], gradient_c[success]
-        pre_class[done], within[done] = class_x[done], ~confident[success]
-        crossed[done], active[done] = True, False
-        moved = rows[advanced]
-        x[moved], gradient[moved] = candidate[advanced], gradient_c[advanced]
-        top_x[moved], class_x[moved] = top_c[advanced], class_c[advanced]
-        step[rows] = bold_driver(step[rows], advanced, overshot, GREY_LEVEL, max_step)
-
-    # Deeper copies of the kept pairs: one more step each, descending the cross-entropy of its own class.
-    kept = (crossed & within).nonzero().flatten()  # (K,)
-    pre, post, pre_class, low, high, step = pre[kept], post[kept], pre_class[kept], low[kept], high[kept], step[kept]
-    pre_deeper, post_deeper, deeper_classes = pre, post, torch.cat([pre_class, targets[kept]])
-    if kept.numel():
-        _, pre_gradient = _input_gradient(teacher, pre, pre_class, autocast)
-        pre_deeper = _signed_step(pre, pre_gradient, step, low, high)
-        post_deeper = _signed_step(post, post_gradient[kept], step, low, high)
-        with torch.no_grad(), autocast:
-            deeper_classes = teacher(torch.cat([pre_deeper, post_deeper])).float().argmax(1)
-    samples = torch.stack([pre, post, pre_deeper, post_deeper])  # (4, K, C, H, W) on the uint8 grid
-    return {"crossed": crossed, "within": within, "steps": steps, "kept": kept,
-            "images": samples.mul(255).round().to(torch.uint8),
-            "labels": torch.stack([pre_class, targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
-
-
 def attack_method(teacher: torch.nn.Module, method: str = "auto") -> str:
     """'gradient' or 'bisection': `auto` takes the gradient attack unless the teacher says it has no
     gradients (`teacher.differentiable` False, as an ONNX teacher does)."""
@@ -229,63 +132,12 @@ def attack_method(teacher: torch.nn.Module, method: str = "auto") -> str:
     return method
 
 
-def _bisect_batch(teacher, starts: Tensor, ends: Tensor, targets: Tensor, has_partner: Tensor, threshold: float,
-                  steps: int, step_size: float, autocast) -> dict[str, Tensor]:
-    """The gradient-free attack on one batch: uint8 images (B, C, H, W) towards partners `ends` the
-    teacher labels `targets` (B,), all on the device; forward passes only, no host sync.
-
-    Bisection on the segment x(a) = start + a (end - start), each point rounded to the uint8 grid
-    and judged as rounded: `lo` is never t, `hi` always t, and after `steps` halvings the pair
-    (x(lo), x(hi)) straddles t's boundary, where the teacher's top two classes tie. The deeper
-    copies step back along the segment, each into its own side, by as long (in L2) as a signed
-    step of `step_size` of the gradient attack. Returns the same fields as `_attack_batch`.
-    """
-    start, end = starts.float().div(255), ends.float().div(255)  # (B, C, H, W)
-    direction = end - start
-
-    def logits_of(x: Tensor) -> Tensor:
-        with torch.no_grad(), autocast:
-            return teacher(x.contiguous(memory_format=torch.channels_last)).float()
-
-    lo, hi = torch.zeros_like(targets, dtype=torch.float32), torch.ones_like(targets, dtype=torch.float32)
-    lo_logits, hi_logits = logits_of(start), logits_of(end)
-    crossed = has_partner & (lo_logits.argmax(1) != targets) & (hi_logits.argmax(1) == targets)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        mid_logits = logits_of(_on_segment(start, direction, mid))
-        is_target = mid_logits.argmax(1) == targets  # (B,)
-        hi, lo = torch.where(is_target, mid, hi), torch.where(is_target, lo, mid)
-        hi_logits = torch.where(is_target[:, None], mid_logits, hi_logits)
-        lo_logits = torch.where(is_target[:, None], lo_logits, mid_logits)
-    within = crossed & (lo_logits.softmax(1).amax(1) <= threshold) & (hi_logits.softmax(1).amax(1) <= threshold)
-
-    kept = within.nonzero().flatten()  # (K,)
-    start, direction, lo, hi = start[kept], direction[kept], lo[kept], hi[kept]
-    length = direction.flatten(1).norm(dim=1).clamp(min=1e-12)  # (K,) L2 length of each segment
-    deeper = step_size * direction[0].numel() ** 0.5 / length if kept.numel() else lo  # the step, in fractions
-    pre, post = _on_segment(start, direction, lo), _on_segment(start, direction, hi)
-    pre_deeper = _on_segment(start, direction, (lo - deeper).clamp(min=0))
-    post_deeper = _on_segment(start, direction, (hi + deeper).clamp(max=1))
-    pre_class = lo_logits[kept].argmax(1)
-    deeper_classes = (logits_of(torch.cat([pre_deeper, post_deeper])).argmax(1) if kept.numel()
-                      else torch.cat([pre_class, pre_class]))
-    samples = torch.stack([pre, post, pre_deeper, post_deeper])  # (4, K, C, H, W) on the uint8 grid
-    return {"crossed": crossed, "within": within, "steps": crossed.long() * steps, "kept": kept,
-            "images": samples.mul(255).round().to(torch.uint8),
-            "labels": torch.stack([pre_class, targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
-
-
-def _on_segment(start: Tensor, direction: Tensor, alpha: Tensor) -> Tensor:
-    """start + alpha * direction per image (alpha (B,)), rounded to the uint8 grid."""
-    return (start + alpha.view(-1, 1, 1, 1) * direction).mul(255).round().div(255)
-
-
 @torch.inference_mode(False)  # a caller in inference mode still gets normal, differentiable tensors here
 def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "random", threshold: float = 0.9,
                    max_steps: int = 20, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
-                   batch_size: int = 256, device: torch.device | None = None, precision: str = "auto",
+                   batch_size: int | None = None, device: torch.device | None = None, precision: str = "auto",
                    class_counts: Tensor | None = None, method: str = "auto",
-                   partners: tuple[Tensor, Tensor] | None = None) -> BoundaryResult:
+                   partners: tuple[Tensor, Tensor] | None = None, strategy: str | None = None) -> BoundaryResult:
     """Boundary pairs and their deeper copies for images (N, C, H, W), uint8 or float in [0, 1].
 
     Only pairs that crossed within `max_steps` and sit within `threshold` (both images' top
@@ -298,6 +150,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     teacher has no gradients). Bisection pairs each image with a partner the teacher labels with
     its target: from `partners` (uint8 images (M, C, H, W), teacher labels (M,)), by default the
     attacked images themselves; targets are drawn among the partners' classes.
+    `batch_size` None: 256 on a CPU, on CUDA what its free memory holds (boundary_attack.py).
+    `strategy` None: 'gather' on a CPU, 'where' elsewhere (boundary_attack.py); the same pairs.
     """
     if images.dim() != 4 or images.shape[0] == 0:
         raise UserError(f"boundary samples need a non-empty batch of images (N, C, H, W), got {tuple(images.shape)}")
@@ -307,40 +161,49 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
         images = images.mul(255).round().to(torch.uint8)
     if not 0 < threshold <= 1:
         raise UserError(f"threshold must be in (0, 1], got {threshold}")
-    if max_steps < 1 or not GREY_LEVEL <= epsilon <= 1 or step_size <= 0 or batch_size < 1:
+    if max_steps < 1 or not GREY_LEVEL <= epsilon <= 1 or step_size <= 0 or (batch_size is not None and batch_size < 1):
         raise UserError(f"need max_steps >= 1, 1/255 <= epsilon <= 1, step_size > 0 and batch_size >= 1; "
                         f"got {max_steps}, {epsilon}, {step_size}, {batch_size}")
     device = device or next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    autocast = autocast_context(device, precision)
+    method = attack_method(teacher, method)
+    strategy = resolve_strategy(strategy, device)
+    # The step as a CUDA graph: not for a teacher that runs outside torch (an ONNX session cannot be captured).
+    capture = device.type == "cuda" and strategy == "where" and getattr(teacher, "differentiable", True)
+    autocast = autocast_context(device, precision, cache=not capture)
     was_training = teacher.training
     teacher.eval()  # BN on running statistics: the teacher the student will be distilled from
     started = time.perf_counter()
+    batch_size = batch_size or default_batch_size(teacher, tuple(images.shape), device, method, strategy, autocast)
     logits = predict(teacher, images, batch_size=batch_size, device=device, precision=precision)  # (N, K)
     num_classes = logits.shape[1]
     if num_classes < 2:
         raise UserError("boundary samples need a teacher with at least two classes")
-    method = attack_method(teacher, method)
     generator = torch.Generator().manual_seed(seed)
+    # Batches of equal size (the last one at most a row short): a 'where' run pads nothing worth speaking of.
+    batch_size = math.ceil(len(images) / math.ceil(len(images) / batch_size))
+    runner = dict(batch_size=batch_size, strategy=strategy, capture=capture, autocast=autocast)
+    slots = method == "gradient" and strategy == "where"  # SlotAttack: the whole set through batch_size slots
     if method == "bisection":
         partner_images, partner_labels = partners if partners is not None else (images, logits.argmax(1))
         partner_labels = partner_labels.cpu()
         reachable = class_histogram(partner_labels, num_classes) > 0
         target = choose_targets(logits, targets, generator, class_counts, reachable)
         partner, has_partner = choose_partners(target, partner_labels, generator)
+        attack = Bisection(teacher, threshold, min(max_steps, BISECTION_STEPS), step_size, **runner)
     else:
         target = choose_targets(logits, targets, generator, class_counts)
+        attack = (SlotAttack if slots else GradientAttack)(teacher, threshold, max_steps, epsilon, step_size, **runner)
 
+    chunk_size = len(images) if slots else batch_size  # the slots take the whole set: they are its batch
     parts = []
     try:
-        for start in range(0, len(images), batch_size):
-            chunk = slice(start, start + batch_size)
+        for start in range(0, len(images), chunk_size):
+            chunk = slice(start, start + chunk_size)
             if method == "bisection":
-                out = _bisect_batch(teacher, images[chunk].to(device), partner_images[partner[chunk]].to(device),
-                                    target[chunk].to(device), has_partner[chunk].to(device), threshold,
-                                    min(max_steps, BISECTION_STEPS), step_size, autocast)
+                out = attack(images[chunk].to(device), partner_images[partner[chunk]].to(device),
+                             target[chunk].to(device), has_partner[chunk].to(device))
             else:
-                out = _attack_batch(teacher, images[chunk].to(device), target[chunk].to(device), threshold,
-                                    max_steps, epsilon, step_size, autocast)
+                out = attack(images[chunk].to(device), target[chunk].to(device))
             parts.append({**{k: v.cpu() for k, v in out.items()}, "kept": out["kept"].cpu() + start})
     finally:
         teacher.train(was_training)
@@ -354,16 +217,16 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()
     after = before + class_histogram(result.labels, num_classes)
     succeeded = int(crossed.sum())
+    # Images through the teacher per attacked image, as computed ('where' also computes idle slots and padding).
+    passes = round(attack.passes / len(images), 2)
     if method == "bisection":  # forward passes only: both ends, the halvings, the deeper copies
-        cost = {"gradients_per_image": 0.0, "forwards_per_image":
-                round(2 + min(max_steps, BISECTION_STEPS) + 2 * len(kept) / len(images), 2),
-                "unreachable": int((~has_partner).sum())}
-    else:  # teacher forward + backward passes per attacked image (first gradient, steps, deeper pre)
-        cost = {"gradients_per_image": round((len(images) + int(steps.sum()) + len(kept)) / len(images), 2)}
+        cost = {"gradients_per_image": 0.0, "forwards_per_image": passes, "unreachable": int((~has_partner).sum())}
+    else:  # teacher forward + backward passes (first gradient, steps, deeper pre)
+        cost = {"gradients_per_image": passes}
     pre, _ = result.part("pre")
     result.summary = {
-        "method": method, "attacked": len(images), "targets": targets, "threshold": threshold,
-        "max_steps": max_steps, "epsilon": round(epsilon, 6), "success_rate": round(succeeded / len(images), 4),
+        "method": method, "strategy": strategy, "batch_size": batch_size, "attacked": len(images), "targets": targets,
+        "threshold": threshold, "max_steps": max_steps, "epsilon": round(epsilon, 6), "success_rate": round(succeeded / len(images), 4),
         "mean_steps": round(steps[crossed].float().mean().item(), 2) if succeeded else None,
         "within_threshold": round(len(kept) / succeeded, 4) if succeeded else None,
         "pairs": len(kept), "samples": len(result.labels), **cost,

@@ -121,3 +121,49 @@ def capture_possible(device: torch.device, compiled: bool, world_size: int) -> s
     if world_size > 1:
         return "data-parallel steps synchronise gradients between processes"
     return None
+
+
+class ReplayedCall:
+    """`body()` replayed as a CUDA graph after `warmup` eager calls: a loop's step without inputs.
+
+    For a loop whose state lives in tensors allocated before the first call and which `body`
+    updates in place (the boundary attack's step): there is nothing to copy in, the caller
+    refills the state in place between batches, and every call after the warm-up is one graph
+    replay. body must hold no host sync, no tensor from Python data, and autocast's cache must be
+    off inside it (runtime.autocast_context(cache=False)). If the capture fails, body runs
+    eagerly from then on and `what` is said once on stderr.
+    """
+
+    def __init__(self, body: Callable[[], None], what: str, warmup: int = 2):
+        self.body, self.what, self.warmup = body, what, warmup
+        self.graph = None
+        self.failed = False
+        self.calls = 0
+        self._side_stream = torch.cuda.Stream()
+
+    def __call__(self) -> None:
+        if self.graph is None and not self.failed and self.calls >= self.warmup:
+            self._capture()
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()  # capture records without running: this replay is the call's work
+        elif self.failed:
+            self.body()
+        else:  # warm-up on a side stream, as torch.cuda.graphs asks (cuDNN plans, lazy state)
+            self._side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._side_stream):
+                self.body()
+            torch.cuda.current_stream().wait_stream(self._side_stream)
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.body()
+            self.graph = graph
+        except Exception as error:  # anything that cannot be captured: run eagerly instead
+            self.failed = True
+            torch.cuda.synchronize()
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"surrogate-kd: {self.what} could not be captured as a CUDA graph ({message}); running it eagerly",
+                  file=sys.stderr, flush=True)
