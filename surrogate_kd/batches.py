@@ -5,25 +5,34 @@ batches as an uninterrupted one, and every rank of a data-parallel run computes 
 batch and keeps its own rows (parallel.py). `make_batches` is the one constructor:
 
   fixed set        ArrayBatches over the candidates, teacher-balanced (D_K) when per_class is set,
-                   with boundary samples added before selection if asked for
+                   with boundary samples added before the final balancing if asked for; PoolBatches
+                   when the set is too large for memory and lives in a pool on disk
   every epoch      EpochBoundaryBatches: the selected set plus boundary samples drawn afresh each epoch
   stream           SourceBatches (fresh images every step), or OnlineBalancedBatches (fresh images,
                    teacher-balanced on the fly) when per_class is set
 """
 
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
-from .boundary import add_boundary_samples
+from . import parallel
+from .boundary import add_boundary_samples, boundary_samples
 from .config import DataConfig
-from .data import ImageSet, open_images
+from .data import CACHE_DIR, ImageSet, open_images
 from .errors import UserError
+from .pool import Pool
 from .report import rare_classes
 from .runtime import epoch_seed, predict
-from .select import balanced_indices, class_quotas, indices_for_quotas
+from .select import balanced_indices, class_quotas, indices_for_quotas, write_selection
 from .sources import SOURCES, render
-from .teacher import class_histogram, is_source, load_candidates, relative_entropy, source_params_for
+from .teacher import (Candidates, class_histogram, is_source, relative_entropy, scan_candidates, source_params_for,
+                      teacher_fingerprint)
 
 
 class Batches(Protocol):
@@ -86,6 +95,32 @@ class ArrayBatches(EpochBatches):
     def _epoch_data(self, epoch: int):
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return self.images, self.labels, torch.randperm(len(self.images), generator=g).to(self.device)
+
+
+class PoolBatches(ArrayBatches):
+    """`ArrayBatches` over a set on disk: the same epochs, each batch read from the pool when served,
+    so memory holds the labels and one batch, not the set."""
+
+    def __init__(self, pool: Pool, batch_size: int, seed: int, device: torch.device):
+        if len(pool) < batch_size:
+            raise UserError(f"pool {pool.path} has {len(pool)} images, fewer than one batch of {batch_size}")
+        self.images = _PoolRows(pool, device)
+        self.labels = None if pool.labels is None else pool.labels.to(device)
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.steps_per_epoch = len(pool) // batch_size
+
+
+class _PoolRows:
+    """A pool's images as `EpochBatches.batch` indexes them: `rows[index]` reads those images only."""
+
+    def __init__(self, pool: Pool, device: torch.device):
+        self.pool, self.device = pool, device
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return self.pool.gather(index.cpu()).to(self.device)  # (B, C, H, W) uint8
 
 
 class SourceBatches:
@@ -191,39 +226,100 @@ class EpochBoundaryBatches(EpochBatches):
 
 # --------------------------------------------------------------------------- from a description of the data
 
+# A distillation set larger than this is written to a pool on disk and read batch by batch; below
+# it, it is held in memory (e.g. 1,000 classes x 50 images at 64 px RGB: 614 MB, in memory).
+MAX_IN_MEMORY_BYTES = 1 << 30
+
+
 def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.device, download: bool = False,
-                           with_boundary: bool = True) -> tuple[ImageSet, dict]:
+                           with_boundary: bool = True, store: Path | None = None) -> tuple[ImageSet | Pool, dict]:
     """Surrogate images in the teacher's input spec, teacher-balanced when `data.per_class` is set.
 
-    Boundary samples (unless every_epoch) are added to the candidates *before* selection, so that
-    least-predicted targets fill the classes the candidates lack with new images rather than with
-    copies (the paper's "force these properties"). Returns the set and what the teacher made of the
-    candidates (histogram, relative entropy).
+    In two passes whose memory does not grow with the candidates (docs/selection.md): pass 1 runs
+    the teacher over the candidates a chunk at a time and keeps each one's top-1 class; the
+    selection (`balanced_indices`) picks positions; pass 2 fetches only the chosen images (sources
+    re-render them, pools are read from disk). A set of more than MAX_IN_MEMORY_BYTES is written
+    as a pool at `store` (default: keyed by teacher and data under the cache directory, so a
+    resumed or repeated run reuses it without a teacher pass) and returned as that Pool.
+
+    Boundary samples (unless every_epoch) are made from a random `fraction` of the candidates,
+    fetched by position, and join them before selection, so that least-predicted targets fill the
+    classes the candidates lack with new images rather than with copies (the paper's "force these
+    properties"); they are held in memory beside the selection. Returns the set and what the
+    teacher made of the candidates.
     """
     spec = teacher.spec
-    pool, logits = load_candidates(teacher, data.data, data.candidates, seed, device, download,
-                                   source_params=dict(data.source_params))
-    predictions = logits.argmax(1)
-    counts = class_histogram(predictions, len(spec.classes))
-    info = {"candidates": len(pool), "relative_entropy": round(relative_entropy(counts), 4),
-            "class_histogram": counts.tolist(), "rare_classes": rare_classes(counts.tolist(), list(spec.classes)),
-            "mean_max_softmax": round(logits.softmax(1).max(1).values.mean().item(), 4)}
-    pool = ImageSet(pool.images, predictions, spec.classes, pool.name)
-    if data.boundary and with_boundary:
-        pool, info["boundary"] = add_boundary_samples(teacher, pool, data.boundary.fraction, seed=seed, device=device,
-                                                      labels=predictions, **data.boundary.attack())
-        info["relative_entropy_with_boundary"] = round(
-            relative_entropy(class_histogram(pool.labels, len(spec.classes))), 4)
+    num_classes = len(spec.classes)
+    candidates = Candidates(spec, data.data, data.candidates, seed, download, dict(data.source_params))
+    selected = data.per_class * num_classes if data.per_class else len(candidates)  # balanced_indices' total
+    if selected * spec.channels * spec.size ** 2 > MAX_IN_MEMORY_BYTES:
+        if data.boundary:
+            raise UserError(f"boundary samples need the distillation set in memory; {selected} images at "
+                            f"{spec.size} px are over {MAX_IN_MEMORY_BYTES >> 20} MiB: lower per_class or drop them")
+        with parallel.local_main_first():  # one process per machine writes it; the others then reuse it
+            return _stored_selection(teacher, candidates, data, seed, device, store)
+    info, predictions, index = _select(teacher, candidates, data, seed, device)
+    if not (data.boundary and with_boundary):
+        return ImageSet(candidates.take(index), predictions[index], spec.classes, candidates.name), info
+    samples, info["boundary"] = boundary_samples(teacher, candidates.take, predictions, data.boundary.fraction,
+                                                 seed=seed, device=device, **data.boundary.attack())
+    labels = torch.cat([predictions, samples.labels])  # position N + j is boundary sample j
+    info["relative_entropy_with_boundary"] = round(relative_entropy(class_histogram(labels, num_classes)), 4)
     if data.per_class:
-        index = balanced_indices(pool.labels, len(spec.classes), data.per_class, seed=seed)
+        index = balanced_indices(labels, num_classes, data.per_class, seed=seed)
         info["selected"] = len(index)
-        return ImageSet(pool.images[index], pool.labels[index], spec.classes, pool.name), info
-    return pool, info
+    else:
+        index = torch.arange(len(labels))
+    is_sample = index >= len(candidates)
+    images = torch.empty((len(index), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    images[~is_sample] = candidates.take(index[~is_sample])
+    images[is_sample] = samples.images[index[is_sample] - len(candidates)]
+    return ImageSet(images, labels[index], spec.classes, candidates.name), info
+
+
+def _select(teacher, candidates: Candidates, data: DataConfig, seed: int,
+            device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Pass 1 and the selection: what the teacher made of the candidates (histogram, relative
+    entropy), its (N,) top-1 classes, and the chosen positions (S,), all of them without per_class."""
+    classes = list(teacher.spec.classes)
+    scan = scan_candidates(teacher, candidates, device)
+    predictions = torch.from_numpy(scan["predicted"]).long()
+    counts = class_histogram(predictions, len(classes))
+    info = {"candidates": len(candidates), "relative_entropy": round(relative_entropy(counts), 4),
+            "class_histogram": counts.tolist(), "rare_classes": rare_classes(counts.tolist(), classes),
+            "mean_max_softmax": round(float(scan["max_softmax"].mean(dtype=np.float64)), 4)}
+    if not data.per_class:
+        return info, predictions, torch.arange(len(candidates))
+    index = balanced_indices(predictions, len(classes), data.per_class, seed=seed)
+    info["selected"] = len(index)
+    return info, predictions, index
+
+
+def _stored_selection(teacher, candidates: Candidates, data: DataConfig, seed: int, device: torch.device,
+                      store: Path | None) -> tuple[Pool, dict]:
+    """The set as a pool on disk, with labels and the teacher's logits: reused when the pool at
+    `store` was made from the same teacher, data description and seed, else made (both passes)."""
+    identity = {"teacher": teacher_fingerprint(teacher), "data": asdict(data), "seed": seed,
+                "candidates": candidates.fingerprint()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(store) if store is not None else CACHE_DIR / "selections" / key
+    try:
+        pool = Pool(path)
+        if pool.manifest.get("selection_key") == key:
+            return pool, pool.manifest["candidates_info"]
+    except UserError:
+        pass  # nothing there yet, or an unfinished write: make it
+    info, predictions, index = _select(teacher, candidates, data, seed, device)
+    manifest = {"source": "selection", "seed": seed, "classes": list(teacher.spec.classes), "selection_key": key,
+                "params": identity, "candidates_info": info}
+    write_selection(teacher, candidates, index, predictions[index], path, manifest, device, overwrite=True)
+    return Pool(path), info
 
 
 def make_batches(teacher, data: DataConfig, batch_size: int, seed: int, device: torch.device,
-                 download: bool = False) -> tuple[Batches, dict]:
-    """The batch stream a distillation run trains on, and what the teacher made of its data."""
+                 download: bool = False, store: Path | None = None) -> tuple[Batches, dict]:
+    """The batch stream a distillation run trains on, and what the teacher made of its data
+    (`store`: where a set too large for memory is written, see `build_distillation_set`)."""
     spec = teacher.spec
     if data.stream:
         if not is_source(data.data):
@@ -237,7 +333,10 @@ def make_batches(teacher, data: DataConfig, batch_size: int, seed: int, device: 
     if download and not is_source(data.data):
         open_images(data.data, download=True)
     every_epoch = data.boundary is not None and data.boundary.every_epoch
-    images, info = build_distillation_set(teacher, data, seed, device, download, with_boundary=not every_epoch)
+    images, info = build_distillation_set(teacher, data, seed, device, download, with_boundary=not every_epoch,
+                                          store=store)
+    if isinstance(images, Pool):
+        return PoolBatches(images, batch_size, seed, device), info
     if every_epoch:
         return EpochBoundaryBatches(teacher, images, batch_size, seed, device, data.boundary.fraction,
                                     **data.boundary.attack()), info

@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -244,27 +245,40 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
 
 # --------------------------------------------------------------------------- whole sets
 
-def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction: float = 1.0, seed: int = 0,
-                         labels: torch.Tensor | None = None, **attack) -> tuple[ImageSet, dict]:
-    """The set plus boundary samples from a random `fraction` of it, all labelled with the teacher's argmax.
+def boundary_samples(teacher: torch.nn.Module, take: Callable[[Tensor], Tensor], labels: Tensor,
+                     fraction: float = 1.0, seed: int = 0, **attack) -> tuple[ImageSet, dict]:
+    """Boundary samples from a random `fraction` of a set of len(labels) images, labelled with the teacher's argmax.
 
-    `attack`: keyword arguments of `boundary_pairs` (targets, threshold, max_steps, epsilon, ...).
-    Least-predicted targets balance the histogram of the whole set, not only of the attacked part.
+    `take(positions)` fetches images of the set by position (a tensor's indexing, or candidates
+    rendered or read on demand), so only the attacked share is ever in memory. `labels` (N,) are
+    the teacher's argmax over the whole set: least-predicted targets balance its histogram, not
+    only the attacked part's. `attack`: keyword arguments of `boundary_pairs`; bisection pairs
+    each image with a partner among the attacked ones unless `partners` are given.
     """
     if not 0 < fraction <= 1:
         raise UserError(f"fraction must be in (0, 1], got {fraction}")
-    device = attack.get("device")
-    if labels is None:  # the teacher's argmax over the set, unless the caller has it already
-        labels = predict(teacher, image_set.images, device=device, precision=attack.get("precision", "auto")).argmax(1)
     counts = class_histogram(labels, len(teacher.spec.classes))
-    count = max(1, round(fraction * len(image_set)))
-    chosen = torch.randperm(len(image_set), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    count = max(1, round(fraction * len(labels)))
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    result = boundary_pairs(teacher, take(chosen), seed=seed, class_counts=counts, **attack)
+    summary = {**result.summary, "fraction": fraction, "images_before": len(labels),
+               "images_after": len(labels) + len(result.labels)}
+    return ImageSet(result.images, result.labels, teacher.spec.classes, "boundary"), summary
+
+
+def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction: float = 1.0, seed: int = 0,
+                         labels: torch.Tensor | None = None, **attack) -> tuple[ImageSet, dict]:
+    """The set plus boundary samples from a random `fraction` of it (`boundary_samples`), all labelled
+    with the teacher's argmax; bisection may pair an image with any image of the set."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"fraction must be in (0, 1], got {fraction}")
+    if labels is None:  # the teacher's argmax over the set, unless the caller has it already
+        labels = predict(teacher, image_set.images, device=attack.get("device"),
+                         precision=attack.get("precision", "auto")).argmax(1)
     if attack_method(teacher, attack.get("method", "auto")) == "bisection":
-        attack.setdefault("partners", (image_set.images, labels))  # bisect towards any image of the set
-    result = boundary_pairs(teacher, image_set.images[chosen], seed=seed, class_counts=counts, **attack)
-    summary = {**result.summary, "fraction": fraction, "images_before": len(image_set),
-               "images_after": len(image_set) + len(result.labels)}
-    extended = ImageSet(torch.cat([image_set.images, result.images]), torch.cat([labels, result.labels]),
+        attack.setdefault("partners", (image_set.images, labels))
+    samples, summary = boundary_samples(teacher, image_set.images.__getitem__, labels, fraction, seed, **attack)
+    extended = ImageSet(torch.cat([image_set.images, samples.images]), torch.cat([labels, samples.labels]),
                         teacher.spec.classes, image_set.name)
     return extended, summary
 

@@ -177,7 +177,11 @@ def write_pool(
 
 
 class Pool:
-    """A pool on disk: images are memory-mapped, labels and logits loaded when present."""
+    """A pool on disk: images read from the shards on demand, labels and logits loaded when present.
+
+    The shards are opened as memory maps only to check their headers; images are read with plain
+    file reads into a buffer per call (`_read_into`), so resident memory stays one batch whatever
+    the pool's size."""
 
     def __init__(self, path: "str | Path"):
         self.path = Path(path)
@@ -256,31 +260,44 @@ class Pool:
         """uint8 (stop - start, C, H, W) of consecutive images (channels_last in memory)."""
         if not 0 <= start <= stop <= len(self):
             raise IndexError(f"images {start}:{stop} outside a pool of {len(self)}")
-        if start == stop:
-            return _to_tensor(np.empty((0, self.size, self.size, self.channels), np.uint8))
-        first = int(np.searchsorted(self._starts, start, side="right")) - 1
-        parts = []
-        for k in range(first, len(self._shards)):
-            lo, hi = max(start, self._starts[k]), min(stop, self._starts[k + 1])
-            if lo >= hi:
-                break
-            parts.append(self._shards[k][lo - self._starts[k] : hi - self._starts[k]])
-        return _to_tensor(np.concatenate(parts) if len(parts) != 1 else parts[0])
+        out = np.empty((stop - start, self.size, self.size, self.channels), dtype=np.uint8)
+        self._read_into(out, start)
+        return _to_tensor(out)
 
     def gather(self, indices: Tensor) -> Tensor:
-        """uint8 (n, C, H, W) of the images at indices (n,), in that order.
+        """uint8 (n, C, H, W) of the images at indices (n,), in that order (repeats allowed).
 
-        Only tests call it today; it stays for the memory-mapped reader that will draw random
-        batches straight from the shards instead of loading a whole pool."""
+        Reads each run of consecutive indices once, so a sorted selection costs few reads."""
         indices = torch.as_tensor(indices, dtype=torch.int64).cpu().numpy()
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"indices outside a pool of {len(self)} images")
-        out = np.empty((len(indices), self.size, self.size, self.channels), dtype=np.uint8)
-        shard_of = np.searchsorted(self._starts, indices, side="right") - 1
-        for k in np.unique(shard_of):
-            rows = np.nonzero(shard_of == k)[0]
-            out[rows] = self._shards[k][indices[rows] - self._starts[k]]
-        return _to_tensor(out)
+        unique, position = np.unique(indices, return_inverse=True)  # sorted: runs are contiguous
+        rows = np.empty((len(unique), self.size, self.size, self.channels), dtype=np.uint8)
+        run_starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+        for first, last in zip(run_starts, [*run_starts[1:], len(unique)]):
+            self._read_into(rows[first:last], int(unique[first]))
+        return _to_tensor(rows[position.reshape(-1)])  # back to the asked order, repeats included
+
+    def _read_into(self, out: np.ndarray, start: int) -> None:
+        """Fill out (n, H, W, C) with images start..start+n-1, across shards.
+
+        Plain file reads, not the memory map: pages a process maps count in its resident memory
+        until unmapped, so scanning a large pool through the map would grow with the pool; read
+        into a buffer, only the buffer is resident (the OS page cache still serves repeats)."""
+        stop, done = start + len(out), 0
+        row_bytes = self.size * self.size * self.channels
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        for k in range(max(first, 0), len(self._shards)):
+            lo, hi = max(start, self._starts[k]), min(stop, self._starts[k + 1])
+            if lo >= hi:
+                break
+            shard = self._shards[k]
+            with open(shard.filename, "rb") as f:
+                f.seek(shard.offset + int(lo - self._starts[k]) * row_bytes)
+                view = memoryview(out[done:done + hi - lo]).cast("B")
+                if f.readinto(view) != len(view):
+                    raise UserError(f"corrupt pool at {self.path}: shard {Path(shard.filename).name} is truncated")
+            done += int(hi - lo)
 
 
 def _to_tensor(images: np.ndarray) -> Tensor:

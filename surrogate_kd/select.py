@@ -12,8 +12,8 @@ import torch
 
 from .errors import UserError
 from .pool import write_pool
-from .runtime import resolve_device
-from .teacher import class_histogram, load_candidates, load_teacher, relative_entropy, teacher_fingerprint
+from .runtime import predict, resolve_device
+from .teacher import Candidates, class_histogram, load_teacher, relative_entropy, scan_candidates, teacher_fingerprint
 
 DEFAULT_CAP = 50000  # paper Sect. 3.1: at most 50K surrogate images per distillation
 
@@ -120,8 +120,9 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
     if requested <= 0:
         raise UserError(f"total must be positive, got {requested}")
     kept_total = min(requested, cap)
-    images, logits = load_candidates(model, data, candidates, seed, resolve_device(device), download, batch_size)
-    predictions = logits.argmax(1)
+    dev = resolve_device(device)
+    found = Candidates(model.spec, data, candidates, seed, download)
+    predictions = torch.from_numpy(scan_candidates(model, found, dev, batch_size)["predicted"]).long()
     counts = class_histogram(predictions, num_classes)
     generator = torch.Generator().manual_seed(seed)
     quotas = (long_tail_quotas(counts, kept_total, long_tail) if long_tail is not None
@@ -129,16 +130,35 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
     index = indices_for_quotas(predictions, quotas, generator)
     manifest = {"source": "selection", "seed": seed, "classes": list(model.spec.classes),
                 "teacher": str(teacher) if not isinstance(teacher, torch.nn.Module) else model.arch,
-                "teacher_fingerprint": teacher_fingerprint(model),
                 "params": {"data": data, "per_class": per_class, "total": kept_total, "long_tail": long_tail,
-                           "cap": cap, "candidates": len(images)}}
-    chunk = 4096
-    batches = (images.images[index[start:start + chunk]] for start in range(0, len(index), chunk))
-    path = write_pool(out, batches, manifest, labels=predictions[index], logits=logits[index], overwrite=overwrite)
+                           "cap": cap, "candidates": len(found)}}
+    path = write_selection(model, found, index, predictions[index], out, manifest, dev, batch_size, overwrite)
     selected = class_histogram(predictions[index], num_classes)
-    return {"out": str(path), "data": data, "candidates": len(images), "selected": len(index),
+    return {"out": str(path), "data": data, "candidates": len(found), "selected": len(index),
             "capped": requested > cap, "replicated": len(index) - int(index.unique().numel()),
             "relative_entropy_candidates": round(relative_entropy(counts), 4),
             "relative_entropy_selected": round(relative_entropy(selected), 4),
             "class_histogram_candidates": counts.tolist(), "class_histogram_selected": selected.tolist()}
 
+
+def write_selection(teacher, candidates: Candidates, index: torch.Tensor, labels: torch.Tensor, out: str | Path,
+                    manifest: dict, device: torch.device | None = None, batch_size: int = 1024,
+                    overwrite: bool = False) -> Path:
+    """Pass 2 of a selection: the candidates at `index` (S,), written as a pool with their labels
+    (S,) and the teacher's logits (S, K), a chunk at a time (only the logits are held whole).
+
+    The logits are those of the images as written, so `distill`, `score` and `select` read them
+    from the pool instead of asking the teacher again (teacher.teacher_logits).
+    """
+    logits = torch.empty(len(index), teacher.num_classes)  # (S, K), filled as the chunks are written
+
+    def chunks():
+        done = 0
+        for _, images in candidates.chunks(index):
+            logits[done:done + len(images)] = predict(teacher, images, batch_size=batch_size, device=device)
+            done += len(images)
+            yield images
+
+    # write_pool saves `logits` after the last image batch: by then every row is filled.
+    return write_pool(out, chunks(), {**manifest, "teacher_fingerprint": teacher_fingerprint(teacher)},
+                      labels=labels, logits=logits, overwrite=overwrite)

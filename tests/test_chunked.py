@@ -1,0 +1,162 @@
+"""Selection in chunks (teacher.Candidates / scan_candidates, batches.build_distillation_set): the
+same set as selecting with every candidate in memory, one chunk of candidates held at a time, large
+sets on disk and reused, boundary samples still filling rare classes; on conftest's planted teacher."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import raises_one_line
+
+from surrogate_kd import batches as batches_module
+from surrogate_kd import teacher as teacher_module
+from surrogate_kd.boundary import add_boundary_samples
+from surrogate_kd.batches import ArrayBatches, PoolBatches, build_distillation_set, make_batches
+from surrogate_kd.config import BoundaryConfig, DataConfig
+from surrogate_kd.pool import Pool, write_pool
+from surrogate_kd.select import balanced_indices
+from surrogate_kd.teacher import Candidates, class_histogram, load_candidates, scan_candidates
+
+CPU = torch.device("cpu")
+IMAGE_BYTES = 16 * 16  # the planted teacher's input: 16x16, one channel
+
+
+def small_chunks(monkeypatch, images: int) -> None:
+    """Chunks of `images` candidates, so that a few dozen candidates span several chunks."""
+    monkeypatch.setattr(teacher_module, "CHUNK_BYTES", images * IMAGE_BYTES)
+
+
+def in_memory_selection(teacher, data: str, candidates: int, per_class: int, seed: int):
+    """The selection as it was made before chunks: every candidate and its (N, K) logits at once."""
+    images, logits = load_candidates(teacher, data, candidates, seed)
+    index = balanced_indices(logits.argmax(1), 4, per_class, seed=seed)
+    return images.images[index], logits.argmax(1)[index]
+
+
+@pytest.mark.parametrize("source", ["noise", "set"])
+def test_chunked_selection_is_the_in_memory_selection(planted, tmp_path, monkeypatch, source):
+    small_chunks(monkeypatch, 7)
+    data = "noise" if source == "noise" else planted.npz(tmp_path / "p.npz", [0] * 40 + [1] * 5 + [2] * 15)
+    teacher = planted.teacher()
+    images, labels = in_memory_selection(teacher, data, 50, per_class=9, seed=3)
+    chosen, info = build_distillation_set(teacher, DataConfig(data, candidates=50, per_class=9), 3, CPU)
+    assert torch.equal(chosen.images, images) and torch.equal(chosen.labels, labels), "same images, same order"
+    assert info["candidates"] == 50 and info["selected"] == 36
+
+
+def test_the_teacher_sees_one_chunk_at_a_time_and_only_top1_is_kept(planted, monkeypatch):
+    small_chunks(monkeypatch, 16)
+    teacher = planted.teacher()
+    seen = []
+    teacher.net.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    candidates = Candidates(teacher.spec, "noise", 100, seed=0)
+    assert max(len(images) for _, images in candidates.chunks()) == 16
+    scan = scan_candidates(teacher, candidates, CPU, batch_size=1024)
+    assert max(seen) == 16 and sum(seen) == 100, "a batch size of 1024 must not lift the chunk"
+    assert scan.shape == (100,) and scan.dtype.itemsize == 8, "a few bytes per candidate, not its logits"
+    _, logits = load_candidates(teacher, "noise", 100, seed=0)
+    assert np.array_equal(scan["predicted"], logits.argmax(1).numpy())
+    assert np.allclose(scan["max_softmax"], logits.softmax(1).max(1).values.numpy())
+
+
+def test_a_pool_is_read_from_disk_and_its_scan_cached_beside_it(planted, tmp_path, monkeypatch):
+    small_chunks(monkeypatch, 8)
+    pool_dir = tmp_path / "pool"
+    classes = [0, 1, 2, 3, 3, 3] * 5
+    write_pool(pool_dir, [torch.from_numpy(planted.images(classes)).unsqueeze(1)], {"source": "test"})
+    teacher = planted.teacher()
+    first = scan_candidates(teacher, Candidates(teacher.spec, str(pool_dir), 0, seed=0), CPU)
+    assert teacher.net.calls == 30 and first["predicted"].tolist() == classes
+    subset = Candidates(teacher.spec, str(pool_dir), 12, seed=1)
+    again = scan_candidates(teacher, subset, CPU)
+    assert teacher.net.calls == 30, "the cached scan serves a random subset of the pool too"
+    assert again["predicted"].tolist() == [classes[i] for i in subset.subset.tolist()]
+
+
+def test_a_large_set_lives_on_disk_is_read_per_batch_and_reused(planted, tmp_path, monkeypatch):
+    small_chunks(monkeypatch, 10)
+    data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 6 + [2] * 12)
+    config = DataConfig(data, candidates=0, per_class=8)
+    teacher = planted.teacher()
+    in_memory, info = make_batches(teacher, config, 16, 0, CPU)
+    monkeypatch.setattr(batches_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 32 images: too many
+    monkeypatch.setattr(batches_module, "CACHE_DIR", tmp_path / "cache")
+    calls = teacher.net.calls
+    on_disk, stored_info = make_batches(teacher, config, 16, 0, CPU)
+    assert isinstance(in_memory, ArrayBatches) and isinstance(on_disk, PoolBatches)
+    assert stored_info == info and on_disk.steps_per_epoch == in_memory.steps_per_epoch == 2
+    for step in range(4):  # two epochs: the same batches, read from disk
+        assert all(torch.equal(a, b) for a, b in zip(on_disk.batch(step), in_memory.batch(step)))
+    pool = Pool(next((tmp_path / "cache" / "selections").iterdir()))
+    assert pool.logits.shape == (32, 4) and torch.equal(pool.logits.argmax(1), pool.labels)
+    used = teacher.net.calls - calls
+    again, again_info = make_batches(teacher, config, 16, 0, CPU)
+    assert teacher.net.calls - calls == used and again_info == info, "a repeated (resumed) run reuses the set"
+    make_batches(teacher, DataConfig(data, candidates=0, per_class=8), 16, 1, CPU)
+    assert len(list((tmp_path / "cache" / "selections").iterdir())) == 2, "another seed is another set"
+    make_batches(teacher, config, 16, 0, CPU, store=tmp_path / "run" / "selection")
+    assert torch.equal(Pool(tmp_path / "run" / "selection").labels, pool.labels), "or where the caller says"
+    raises_one_line(lambda: make_batches(teacher, DataConfig(data, candidates=0, per_class=8,
+                                                             boundary=BoundaryConfig(0.5)), 16, 0, CPU),
+                    "boundary samples need the distillation set in memory", "per_class")
+
+
+def test_boundary_samples_fill_a_rare_class_with_new_images(planted, tmp_path, monkeypatch):
+    small_chunks(monkeypatch, 10)
+    data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
+    teacher = planted.teacher()
+    plain, _ = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10), 0, CPU)
+    attack = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5)  # planted quadrants are far apart
+    config = DataConfig(data, candidates=0, per_class=10, boundary=attack)
+    extended, info = build_distillation_set(teacher, config, 0, CPU)
+    assert info["boundary"]["samples"] > 0 and len(extended) == len(plain) == 40
+
+    def distinct(image_set, c):
+        return image_set.images[image_set.labels == c].unique(dim=0).shape[0]
+
+    assert distinct(plain, 1) == 3, "without boundary samples the rare class is 3 images replicated"
+    assert distinct(extended, 1) > 3, "boundary samples give it new images"
+    assert class_histogram(extended.labels, 4).tolist() == [10, 10, 10, 10]
+    assert torch.equal(teacher.net(extended.images.float() / 255).argmax(1), extended.labels), "labels = argmax"
+
+
+def test_boundary_samples_join_every_candidate_before_selection_as_in_memory(planted, tmp_path, monkeypatch):
+    """The chunked path attacks the same share of the candidates as the in-memory one did (fetched by
+    position) and balances over candidates + samples: the same set, image for image."""
+    small_chunks(monkeypatch, 10)
+    data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
+    teacher = planted.teacher()
+    attack = BoundaryConfig(0.5, "least-predicted", max_steps=40, epsilon=0.5)
+    chunked, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=attack),
+                                           0, CPU)
+    images, logits = load_candidates(teacher, data, 0, 0)
+    pool = type(images)(images.images, logits.argmax(1), images.classes, images.name)
+    extended, _ = add_boundary_samples(teacher, pool, 0.5, seed=0, labels=pool.labels, **attack.attack())
+    index = balanced_indices(extended.labels, 4, 10, seed=0)
+    assert info["boundary"]["images_before"] == 65 and info["boundary"]["samples"] > 0
+    assert torch.equal(chunked.images, extended.images[index]) and torch.equal(chunked.labels, extended.labels[index])
+
+
+def test_candidate_errors_are_one_line(planted, tmp_path):
+    spec = planted.spec
+    raises_one_line(lambda: Candidates(spec, "noise", 0, seed=0), "positive candidate count")
+    raises_one_line(lambda: Candidates(spec, str(tmp_path / "missing.npz"), 10, seed=0), "no such image set")
+    raises_one_line(lambda: Candidates(spec, "noise", 10, seed=0, source_params={"colour": 1}), "no parameter")
+
+
+def _resident_file_pages_mb() -> float:
+    """This process's resident file-backed memory (mapped files), from /proc/self/status."""
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status (not Linux)")
+
+
+def test_reading_a_pool_leaves_no_pages_of_it_resident(tmp_path):
+    images = torch.randint(0, 256, (1024, 3, 64, 64), dtype=torch.uint8)  # 12 MiB, 3 shards
+    pool = Pool(write_pool(tmp_path / "pool", images.split(128), {"source": "test"}, shard_size=400))
+    before = _resident_file_pages_mb()
+    for start in range(0, len(pool), 100):
+        assert torch.equal(pool.images(start, min(start + 100, len(pool))), images[start:start + 100])
+    assert torch.equal(pool.gather(torch.arange(1023, -1, -1)), images.flip(0))
+    # Through the memory map the whole 12 MiB would now be resident and stay so while `pool` lives.
+    assert _resident_file_pages_mb() - before < 4
