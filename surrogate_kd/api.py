@@ -115,7 +115,8 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
             candidates: int = 50000, per_class: int | None = 2000, stream: bool = False,
             boundary_fraction: float = 0.0, boundary_targets: str = "least-predicted",
-            boundary_every_epoch: bool = False, params: dict | None = None, data_kind: str | None = None,
+            boundary_every_epoch: bool = False, boundary_method: str = "auto", params: dict | None = None,
+            data_kind: str | None = None,
             eval_data: str | None = None, download: bool = False, overwrite: bool = False,
             config=None, settings=None, **train_settings) -> dict:
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
@@ -126,7 +127,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     `per_class`: images kept per predicted class out of `candidates` (0 or None: keep all).
     `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
     `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once
-    before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch.
+    before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch;
+    `boundary_method` gradient, bisection (forward passes only) or auto (bisection for black boxes).
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
     kind = data_kind or default_data_kind(data)
@@ -135,7 +137,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         raise UserError(f"--param sets a synthetic source's parameters; '{data}' is not a source")
     if boundary_every_epoch and not boundary_fraction:
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
-    boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch)
+    boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method)
                 if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary)
     teacher_model = load_teacher(teacher)

@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(paper Sect. 4.1)", type=float)
     _add(p, c, "--boundary-targets", "class each boundary pair is pushed towards",
          choices=["random", "nearest", "least-predicted"])
+    _add(p, c, "--boundary-method", "how boundary pairs are found: gradient (signed-gradient attack), bisection "
+                                    "(forward passes only), auto (bisection for black-box teachers)",
+         choices=["auto", "gradient", "bisection"])
     _add(p, c, "--boundary-every-epoch", "recompute the boundary samples from the selected set every epoch "
                                          "(default: once, added to the candidates before selection)",
          action="store_true")

@@ -99,9 +99,12 @@ class BoundaryConfig:
     threshold: float = 0.9
     max_steps: int = 20
     epsilon: float = 32 / 255
+    method: str = "auto"  # gradient | bisection (forward passes only) | auto: bisection for black boxes
 
     def __post_init__(self) -> None:
         check_types(self)
+        _require(self.method in ("auto", "gradient", "bisection"),
+                 f"unknown boundary method '{self.method}'; valid: auto, gradient, bisection")
         _require(0 < self.fraction <= 1, f"boundary fraction must be in (0, 1], got {self.fraction}")
         _require(self.targets in ("random", "nearest", "least-predicted"),
                  f"unknown boundary targets '{self.targets}'; valid: random, nearest, least-predicted")
@@ -112,7 +115,7 @@ class BoundaryConfig:
     def attack(self) -> dict:
         """Keyword arguments of boundary.boundary_pairs."""
         return {"targets": self.targets, "threshold": self.threshold, "max_steps": self.max_steps,
-                "epsilon": self.epsilon}
+                "epsilon": self.epsilon, "method": self.method}
 
 
 @dataclass(frozen=True)

@@ -160,3 +160,17 @@ def test_reading_a_pool_leaves_no_pages_of_it_resident(tmp_path):
     assert torch.equal(pool.gather(torch.arange(1023, -1, -1)), images.flip(0))
     # Through the memory map the whole 12 MiB would now be resident and stay so while `pool` lives.
     assert _resident_file_pages_mb() - before < 4
+
+
+@pytest.mark.parametrize("method", ["gradient", "bisection"])
+def test_the_boundary_method_reaches_the_attack(planted, tmp_path, method):
+    """`distill --boundary-method` picks the attack for a white-box teacher too (auto: gradient)."""
+    data = planted.npz(tmp_path / "p.npz", [0] * 20 + [1] * 3 + [2] * 12 + [3] * 20)
+    attack = BoundaryConfig(0.5, "least-predicted", max_steps=40, epsilon=0.5, method=method)
+    _, info = build_distillation_set(planted.teacher(), DataConfig(data, candidates=0, per_class=10, boundary=attack),
+                                     0, CPU)
+    assert info["boundary"]["method"] == method and info["boundary"]["samples"] > 0
+
+
+def test_an_unknown_boundary_method_is_one_line():
+    raises_one_line(lambda: BoundaryConfig(0.1, method="fgsm"), "unknown boundary method 'fgsm'", "bisection")

@@ -56,6 +56,7 @@ class SetSpec:
     boundary_fraction: float = _default(api.distill, "boundary_fraction")
     boundary_targets: str = _default(api.distill, "boundary_targets")
     boundary_every_epoch: bool = _default(api.distill, "boundary_every_epoch")
+    boundary_method: str = _default(api.distill, "boundary_method")
     # Instead of an even selection, a long-tailed one (paper Table 4): per_class x classes images,
     # quotas decaying from the most to the least predicted class by this ratio (select.py).
     long_tail: float | None = None
