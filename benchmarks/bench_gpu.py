@@ -12,8 +12,13 @@ Measures, on one CUDA device (issues 10 and 11):
   distill        `surrogate-kd distill` end to end through the real CLI (median images/s of its
                  metrics.jsonl), from teachers trained for a few epochs in this run on
                  Fashion-MNIST resized to 32x32x3, and its ratio to the captured step of the pair
+  imported       the user's case (issue 15): a torchvision ResNet-50 state dict with 1,000 classes
+                 (random weights: only speed is measured) through `import-teacher --preset
+                 imagenet`, distilled at 224 px into torchvision's ResNet-18 from shaders, end to
+                 end through the CLI, and its ratio to the captured step of the same pair at 224 px
 Bars (issue 10, H100/H200): distill >= 0.85x the captured step; high + mixup captured at batch 256
 >= 6x the captured ResNet-34 -> ResNet-18 step. Issue 11: a boundary pass <= 3 distillation epochs.
+Issue 15: the imported ResNet-50 -> ResNet-18 at 224 px end to end >= 0.85x its captured step.
 
 Without CUDA it says so in one line and exits 1. `--dry-run` runs the same pipeline on the CPU
 with tiny sizes (tests/test_bench_gpu.py runs it), captured entries reported as eager-only.
@@ -40,10 +45,14 @@ from surrogate_kd.sources import SOURCES, render
 
 FULL = dict(batch=256, size=32, channels=3, seconds=3.0, pairs=[("resnet34", "resnet18"), ("resnet50", "resnet18")],
             teacher_epochs=3, teacher_images=60000, distill_images=1_500_000, candidates=20000, per_class=1000,
-            source_sizes=(32, 224), source_count=4096, boundary_count=4096)
+            source_sizes=(32, 224), source_count=4096, boundary_count=4096,
+            imported=dict(teacher="resnet50", student="resnet18", size=224, classes=1000, batch=256,
+                          candidates=10000, per_class=10, images=100_000))
 DRY = dict(batch=16, size=16, channels=3, seconds=0.3, pairs=[("convnet_tiny", "convnet_tiny")],
            teacher_epochs=1, teacher_images=256, distill_images=256, candidates=128, per_class=8,
-           source_sizes=(16,), source_count=64, boundary_count=64)
+           source_sizes=(16,), source_count=64, boundary_count=64,
+           imported=dict(teacher="resnet18", student="resnet18", size=32, classes=1000, batch=16,
+                         candidates=64, per_class=1, images=64))
 
 
 def _sync(device: torch.device) -> None:
@@ -71,7 +80,7 @@ def _rate(call, images_per_call: int, seconds: float, device: torch.device, warm
 def kd_steps(device, s) -> dict:
     """images/s of the loop's step per pair, eager and captured (captured only on CUDA)."""
     spec = InputSpec(s["size"], s["channels"], (0.5,) * s["channels"], (0.25,) * s["channels"],
-                     tuple(str(i) for i in range(10)))
+                     tuple(str(i) for i in range(s.get("classes", 10))))
     images = torch.randint(0, 256, (s["batch"], s["channels"], s["size"], s["size"]), dtype=torch.uint8, device=device)
     rates = {}
     for teacher_arch, student_arch in s["pairs"]:
@@ -193,9 +202,36 @@ def distill_end_to_end(device, s, out: Path) -> dict:
     return rates
 
 
+def imported_end_to_end(device, s, out: Path) -> dict:
+    """The user's teacher: a torchvision state dict imported with ImageNet's input spec, distilled at
+    its own size; images/s end to end (median of metrics.jsonl) beside the captured step of the pair."""
+    from torchvision import models as tv_models
+
+    m = s["imported"]
+    weights = out / f"torchvision-{m['teacher']}.pth"
+    torch.save(getattr(tv_models, m["teacher"])(num_classes=m["classes"]).state_dict(), weights)
+    teacher = out / f"imported-{m['teacher']}"
+    cli("import-teacher", "--weights", str(weights), "--arch", f"torchvision:{m['teacher']}",
+        "--num-classes", str(m["classes"]), "--preset", "imagenet", "--size", str(m["size"]), "--out", str(teacher),
+        "--overwrite")
+    run = out / f"distill-imported-{m['teacher']}-{m['student']}"
+    cli("distill", "--teacher", str(teacher), "--data", "shaders", "--student", f"torchvision:{m['student']}",
+        "--out", str(run), "--candidates", str(m["candidates"]), "--per-class", str(m["per_class"]),
+        "--batch-size", str(m["batch"]), "--device", device.type, "--overwrite",
+        "--set", f"budget_images={m['images']}", "--set", "log_every=20")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    end_to_end = round(float(np.median([line["images_per_s"] for line in lines[1:]] or [lines[0]["images_per_s"]])))
+    tv_pair = (f"torchvision:{m['teacher']}", f"torchvision:{m['student']}")
+    steps = kd_steps(device, {**s, "batch": m["batch"], "size": m["size"], "channels": 3, "classes": m["classes"],
+                              "pairs": [tv_pair]})
+    step = steps[f"{tv_pair[0]}->{tv_pair[1]} {'captured' if device.type == 'cuda' else 'eager'}"]
+    name = f"{m['teacher']}->{m['student']} {m['size']}px"
+    return {f"{name} end to end": end_to_end, f"{name} step": step, f"{name} ratio": round(end_to_end / step, 3)}
+
+
 def table(result: dict) -> str:
     rows = ["| what | images/s, or as named |", "|---|---|"]
-    for section in ("kd_step", "augment", "sources", "boundary", "distill", "ratios"):
+    for section in ("kd_step", "augment", "sources", "boundary", "distill", "imported", "ratios"):
         for name, value in result.get(section, {}).items():
             rows.append(f"| {section}: {name} | {value:,} |" if isinstance(value, int) else f"| {section}: {name} | {value} |")
     return "\n".join(rows)
@@ -221,6 +257,7 @@ def main(argv=None) -> int:
     result["sources"] = source_rates(device, s)
     result["boundary"] = boundary_costs(device, s, result["kd_step"])
     result["distill"] = distill_end_to_end(device, s, out)
+    result["imported"] = imported_end_to_end(device, s, out)
     mode = "captured" if device.type == "cuda" else "eager"
     result["ratios"] = {f"distill / {mode} step, {pair}": round(rate / result["kd_step"][f"{pair} {mode}"], 3)
                         for pair, rate in result["distill"].items()}

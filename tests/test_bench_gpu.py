@@ -16,7 +16,7 @@ def test_dry_run_measures_every_part_of_the_pipeline(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout
     result = json.loads(text[:text.index("\n}\n") + 2])
-    assert set(result) >= {"kd_step", "augment", "sources", "distill", "boundary", "ratios"}
+    assert set(result) >= {"kd_step", "augment", "sources", "distill", "boundary", "imported", "ratios"}
     assert all(rate > 0 for section in ("kd_step", "augment", "sources", "distill") for rate in result[section].values())
     assert any(name.startswith("distill / eager step") for name in result["ratios"])
     assert "| kd_step:" in text  # the markdown table follows the JSON
