@@ -72,11 +72,18 @@ class Draws:
     Every image gets the same sequence of calls, so draw k means the same thing for every
     image; callers therefore draw all parameters up front with fixed shapes, even those a
     given image will not use.
+
+    A `warp` (proposal.Warp) reshapes the uniforms: the d-th uniform an image draws (counted over
+    all `uniform` and `integers` calls) goes through that image's inverse CDF for draw d, which is
+    how a fitted proposal steers a program without changing its code. `trace`, a list, collects
+    the (N, count) uniforms each call returns (after the warp): what a search fits a proposal to.
     """
 
-    def __init__(self, seed: int, indices: Tensor, salt: "int | Tensor" = 0):
+    def __init__(self, seed: int, indices: Tensor, salt: "int | Tensor" = 0, warp=None, trace: "list | None" = None):
         self.keys = image_keys(seed, indices, salt)  # (N,) int64
         self.used = 0
+        self.warp, self.trace = warp, trace
+        self.uniforms = 0  # uniforms returned so far: the index of the next draw for `warp`
 
     def bits(self, *shape: int) -> Tensor:
         """(N, *shape) int64 hashes."""
@@ -91,7 +98,13 @@ class Draws:
         count = math.prod(shape)
         bits = self.bits((count + 1) // 2)  # (N, ceil(count / 2))
         pairs = torch.stack([bits_to_uniform(bits), _second_uniform(bits)], -1).flatten(1)
-        return low + (high - low) * pairs[:, :count].reshape(-1, *shape)
+        pairs = pairs[:, :count]
+        if self.warp is not None:
+            pairs = self.warp(pairs, self.uniforms)
+        self.uniforms += count
+        if self.trace is not None:
+            self.trace.append(pairs)
+        return low + (high - low) * pairs.reshape(-1, *shape)
 
     def integers(self, high: int, *shape: int) -> Tensor:
         """(N, *shape) int64 uniform in [0, high)."""
