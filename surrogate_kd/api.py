@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from . import parallel
+from .adapt import adapts_by_default
 from .batches import ArrayBatches, make_batches
 from .checkpoint import provenance
 from .config import BoundaryConfig, DataConfig, InputSpec
@@ -115,8 +116,8 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
             candidates: int = 50000, per_class: int | None = 2000, stream: bool = False,
             boundary_fraction: float = 0.0, boundary_targets: str = "least-predicted",
-            boundary_every_epoch: bool = False, boundary_method: str = "auto", params: dict | None = None,
-            data_kind: str | None = None,
+            boundary_every_epoch: bool = False, boundary_method: str = "auto", adapt: bool | None = None,
+            params: dict | None = None, data_kind: str | None = None,
             eval_data: str | None = None, download: bool = False, overwrite: bool = False,
             config=None, settings=None, **train_settings) -> dict:
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
@@ -129,6 +130,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once
     before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch;
     `boundary_method` gradient, bisection (forward passes only) or auto (bisection for black boxes).
+    `adapt`: steer the shader programs with the teacher's predictions before rendering any
+    (adapt.py); None: on for shaders (adapt.adapts_by_default), never for other data.
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
     kind = data_kind or default_data_kind(data)
@@ -139,7 +142,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method)
                 if boundary_fraction else None)
-    data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary)
+    data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
+                          adapts_by_default(data) if adapt is None else adapt)
     teacher_model = load_teacher(teacher)
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.

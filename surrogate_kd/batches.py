@@ -14,7 +14,7 @@ batch and keeps its own rows (parallel.py). `make_batches` is the one constructo
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import parallel
+from .adapt import adapted_params
 from .boundary import add_boundary_samples, boundary_samples
 from .config import DataConfig
 from .data import CACHE_DIR, ImageSet, open_images
@@ -321,6 +322,11 @@ def make_batches(teacher, data: DataConfig, batch_size: int, seed: int, device: 
     """The batch stream a distillation run trains on, and what the teacher made of its data
     (`store`: where a set too large for memory is written, see `build_distillation_set`)."""
     spec = teacher.spec
+    if data.adapt:  # the programs steered by the teacher: every image below is rendered with the proposal
+        params, about = adapted_params(teacher, dict(data.source_params), seed, device)
+        batches, info = make_batches(teacher, replace(data, source_params=tuple(params.items()), adapt=False),
+                                     batch_size, seed, device, download, store)
+        return batches, {"adapt": about, **info}
     if data.stream:
         if not is_source(data.data):
             raise UserError(f"--stream needs an image source ({', '.join(SOURCES.names())}), got '{data.data}'")

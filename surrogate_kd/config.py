@@ -125,6 +125,7 @@ class DataConfig:
     candidates: images drawn from a source (or sampled from a set; 0 keeps a set whole) before
     teacher-balanced selection keeps `per_class` per predicted class (None: keep every candidate).
     stream: fresh synthetic images every step instead of a fixed set.
+    adapt: shaders only: steer the programs with the teacher's predictions first (adapt.py).
     """
 
     data: str
@@ -133,6 +134,7 @@ class DataConfig:
     stream: bool = False
     source_params: tuple[tuple[str, Any], ...] = ()
     boundary: BoundaryConfig | None = None
+    adapt: bool = False
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -141,6 +143,8 @@ class DataConfig:
         _require(self.per_class is None or self.per_class > 0,
                  f"per-class count must be positive (or None to keep all), got {self.per_class}")
         _require(not (self.stream and self.boundary), "boundary samples need a fixed set; drop stream or boundary")
+        _require(not self.adapt or self.data == "shaders",
+                 f"adapt steers shader programs; '{self.data}' is not shaders")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -144,3 +144,19 @@ def test_distill_passes_source_parameters(tmp_path, tiny_dataset, teacher, capsy
     assert main([*common, "--data", str(tiny_dataset), "--param", "figure=0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a source" in err
+
+
+def test_distill_adapts_shaders_by_default_and_not_when_told(tmp_path, teacher, capsys):
+    """The shader programs are steered by the teacher unless --no-adapt; other data never is."""
+    common = ["distill", "--teacher", str(teacher), "--student", "convnet_tiny", "--data", "shaders",
+              "--candidates", "128", "--per-class", "8", *TINY]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    adapted = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert adapted["config"]["data"]["adapt"] is True and adapted["adapt"]["forward_passes"] > 0
+    assert main([*common, "--no-adapt", "--out", str(tmp_path / "p")]) == 0
+    plain = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert plain["config"]["data"]["adapt"] is False and "adapt" not in plain
+    capsys.readouterr()
+    assert main([*common[:-len(TINY)], *TINY, "--data", "noise", "--adapt", "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not shaders" in err
