@@ -131,7 +131,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch;
     `boundary_method` gradient, bisection (forward passes only) or auto (bisection for black boxes).
     `adapt`: steer the shader programs with the teacher's predictions before rendering any
-    (adapt.py); None: on for shaders (adapt.adapts_by_default), never for other data.
+    (adapt.py); None: on for shaders and teachers of up to 100 classes (adapt.adapts_by_default).
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
     kind = data_kind or default_data_kind(data)
@@ -142,9 +142,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method)
                 if boundary_fraction else None)
-    data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
-                          adapts_by_default(data) if adapt is None else adapt)
     teacher_model = load_teacher(teacher)
+    data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
+                          adapts_by_default(data, teacher_model.num_classes) if adapt is None else adapt)
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.
     run = RunDir(out, "distill", {"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(forward passes only), auto (bisection for black-box teachers)",
          choices=["auto", "gradient", "bisection"])
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
-                          "shaders; --no-adapt: plain shaders)", action=argparse.BooleanOptionalAction)
+                          "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
+         action=argparse.BooleanOptionalAction)
     _add(p, c, "--boundary-every-epoch", "recompute the boundary samples from the selected set every epoch "
                                          "(default: once, added to the candidates before selection)",
          action="store_true")
