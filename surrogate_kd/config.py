@@ -4,6 +4,7 @@ The library's defaults per command and data kind live in recipe.py; a YAML file 
 KEY=VALUE settings (--set) are layered over them there, never replacing them wholesale.
 """
 
+import dataclasses
 import math
 import types
 import typing
@@ -145,6 +146,15 @@ class DataConfig:
         _require(not (self.stream and self.boundary), "boundary samples need a fixed set; drop stream or boundary")
         _require(not self.adapt or self.data == "shaders",
                  f"adapt steers shader programs; '{self.data}' is not shaders")
+
+
+def field_defaults() -> dict[str, dict[str, Any]]:
+    """The default of every field of the configs a run's identity records, by the key that holds
+    them there ('train', 'data', 'boundary'): a field a run of an earlier version did not record
+    is no difference when it takes its default (rundir.differences), so upgrading resumes runs."""
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
+    return {"train": defaults(TrainConfig), "data": defaults(DataConfig), "boundary": defaults(BoundaryConfig)}
 
 
 def _require(condition: bool, message: str) -> None:

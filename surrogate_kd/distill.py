@@ -26,7 +26,7 @@ from .checkpoint import load_state, save_state
 from .config import TrainConfig
 from .data import ImageSet
 from .errors import UserError
-from .rundir import METRICS_FILE, STATE_FILE, as_json
+from .rundir import METRICS_FILE, STATE_FILE, as_json, same_run
 from .runtime import autocast_context, inference_copy, predict, resolve_device
 
 
@@ -210,7 +210,7 @@ def train(model: torch.nn.Module, batches: Batches, cfg: TrainConfig, *, teacher
         # Rank 0 reads the state and hands it to every rank (alone: just reads it).
         state = parallel.from_main(lambda: load_state(run_dir / STATE_FILE))
         if state is not None:
-            if state.get("config") != config_record:
+            if not same_run(state.get("config"), config_record):
                 raise UserError(f"{run_dir} holds a run with a different config; use another output or delete "
                                 f"{run_dir / STATE_FILE}")
             model.load_state_dict(state["model"])

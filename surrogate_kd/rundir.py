@@ -24,12 +24,14 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import field_defaults
 from .files import atomic_write_text, writable_directory
 from .errors import UserError, first_line
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"
+_FIELD_DEFAULTS = field_defaults()
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -49,11 +51,22 @@ def file_digest(path: Path) -> str:
 
 
 def differences(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON-like mappings (for error messages)."""
+    """Dotted keys whose values differ between two run identities (JSON-like mappings).
+
+    A config field the old identity lacks (recorded by an earlier version, before the field
+    existed) is no difference when the new value is the field's default (config.field_defaults):
+    the run is the one it was.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
+        added = as_json(_FIELD_DEFAULTS.get(prefix.rstrip(".").rpartition(".")[2], {}))
         keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [d for k in keys if not (k not in old and k in added and new[k] == added[k])
+                for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [] if old == new else [prefix.rstrip(".")]
+
+
+def same_run(old, new) -> bool:
+    return not differences(old, new)
 
 
 class RunDir:
@@ -89,7 +102,7 @@ class RunDir:
                     shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
                     raise UserError(f"{self.path} is not empty and holds no surrogate-kd run (found {shown}); "
                                     "choose another --out")
-            elif owner != {"kind": self.kind, "identity": self.identity}:
+            elif owner.get("kind") != self.kind or not same_run(owner.get("identity"), self.identity):
                 if not self.overwrite:
                     raise UserError(f"{self.path} holds another run ({self._describe(owner)}); choose another --out, "
                                     "or pass --overwrite to replace it")
@@ -192,7 +205,7 @@ class RunDir:
         except (OSError, ValueError):
             return None
         weights = self.path / MODEL_FILE
-        if result.get("config") != self.identity or not weights.exists():
+        if not same_run(result.get("config"), self.identity) or not weights.exists():
             return None
         if result.get("weights_sha256") != file_digest(weights):
             return None

@@ -138,3 +138,18 @@ def test_resume_drops_metrics_logged_after_the_saved_state(tmp_path):
         f.write(json.dumps({"step": 30, "loss": 0.5}) + "\n")
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 20, 30]
     assert json.loads(path.read_text().splitlines()[-1])["loss"] == 0.5
+
+
+def test_a_run_of_an_earlier_version_is_reused_when_new_fields_take_their_defaults(tmp_path, teacher):
+    """A field added to a config after a run was made (here `data.adapt`, `train.capture`) is no
+    difference at its default: upgrading keeps finished runs finished; at another value it is one."""
+    out = tmp_path / "s"
+    distill(teacher, "noise", out, "convnet_tiny", **STUDENT)
+    for name in ("run.json", "result.json"):  # as an earlier version wrote them, without the fields
+        record = json.loads((out / name).read_text())
+        identity = record["identity"] if name == "run.json" else record["config"]
+        del identity["data"]["adapt"], identity["train"]["capture"]
+        (out / name).write_text(json.dumps(record))
+    assert distill(teacher, "noise", out, "convnet_tiny", **STUDENT)["reused"] is True
+    with pytest.raises(UserError, match=r"holds another run .*capture"):
+        distill(teacher, "noise", out, "convnet_tiny", capture=False, **STUDENT)
