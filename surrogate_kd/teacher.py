@@ -28,7 +28,7 @@ from .data import ImageSet, convert_images, open_images
 from .errors import UserError
 from .pool import Pool
 from .runtime import predict
-from .sources import SOURCES, render
+from .sources import SOURCES, render, render_at
 
 
 def load_teacher(teacher):
@@ -237,19 +237,12 @@ class Candidates:
 
 
 def _render_at(source: str, seed: int, positions: torch.Tensor, spec, params: dict) -> torch.Tensor:
-    """Source images at any positions: runs of consecutive positions are rendered in one call each.
-
-    `render` takes a start and a count; one call per image would cost 5-10x more for shaders and
-    leaves (measured at 64 px), so a sorted selection is rendered run by run and put back in order.
-    """
-    unique, position = torch.unique(positions, return_inverse=True)  # sorted
-    out = torch.empty((len(unique), spec.channels, spec.size, spec.size), dtype=torch.uint8)
-    breaks = (torch.diff(unique, prepend=unique[:1] - 2) != 1).nonzero().flatten().tolist()
-    for first, last in zip(breaks, [*breaks[1:], len(unique)]):
-        out[first:last] = render(source, seed, int(unique[first]), last - first, spec.size, spec.channels, "cpu",
-                                 **params)
-    in_order = len(unique) == len(positions) and torch.equal(unique, positions)
-    return out if in_order else out[position]  # no second copy of a whole range
+    """Source images at any positions, each distinct one rendered once (a balanced selection repeats
+    a rare class's images many times) in one `render_at` pass: 10x faster than rendering the
+    selection's runs of consecutive positions one call each (measured, shaders and leaves at 28 px)."""
+    unique, inverse = torch.unique(positions, return_inverse=True)
+    images = render_at(source, seed, unique, spec.size, spec.channels, "cpu", **params)
+    return images if len(unique) == len(positions) and torch.equal(unique, positions) else images[inverse]
 
 
 # --------------------------------------------------------------------------- pass 1: what the teacher predicts

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from conftest import raises_one_line
 
 from surrogate_kd.errors import UserError
 from surrogate_kd.opcount import OpCounter
-from surrogate_kd.sources import SOURCES, is_simple, luminance, render
+from surrogate_kd.sources import SOURCES, is_simple, luminance, render, render_at
 from surrogate_kd.sources import leaves as leaves_module
 from surrogate_kd.sources.rng import Draws, mix64
 
@@ -330,3 +331,14 @@ def test_cuda_renders_the_same_distribution(name):
     assert cuda.shape == cpu.shape and cuda.dtype == torch.uint8
     assert (cuda != cpu).any(1).float().mean() < 0.05  # same programs; rare last-bit flips only
     assert abs(cuda.float().std() - cpu.float().std()) < 2.0
+
+
+@pytest.mark.parametrize("source", ["shaders", "leaves", "noise", "photos"])
+def test_render_at_any_indices_gives_renders_bytes(source):
+    """A selection (any order, repeats) rendered in one pass: image i is the same bytes as in `render`."""
+    indices = torch.tensor([17, 3, 3, 40, 0, 17])
+    assert torch.equal(render_at(source, 5, indices, 16, 3), render(source, 5, 0, 41, 16, 3)[indices])
+
+
+def test_render_at_refuses_negative_indices_in_one_line():
+    raises_one_line(lambda: render_at("noise", 0, torch.tensor([1, -2]), 8, 1), "non-negative integers")

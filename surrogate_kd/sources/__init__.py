@@ -29,7 +29,7 @@ from . import leaves, noise, photos, shaders  # noqa: F401  each registers its s
 from .shaders import is_simple
 from .strategy import STRATEGIES, resolve_strategy
 
-__all__ = ["SOURCES", "STRATEGIES", "is_simple", "luminance", "render"]
+__all__ = ["SOURCES", "STRATEGIES", "is_simple", "luminance", "render", "render_at"]
 
 # Render at most this many pixels per source call. 'gather' (CPU): 256 images at 32x32, which
 # bounds the temporaries (several floats per pixel and per shape row) to tens of MB, in cache and
@@ -122,11 +122,37 @@ def render(
     if not isinstance(start, int) or start < 0:
         raise UserError(f"start index must be a non-negative integer, got {start!r}")
     device = _device(device)
+    indices = torch.arange(start, start + count, dtype=torch.int64, device=device)
+    return _render(fn, seed, indices, size, channels, device, strategy, params)
+
+
+def render_at(
+    name: str,
+    seed: int,
+    indices: Tensor,
+    size: int,
+    channels: int = 3,
+    device: "str | torch.device" = "cpu",
+    strategy: "str | None" = None,
+    **params,
+) -> Tensor:
+    """uint8 (len(indices), channels, size, size): images `indices` (any order, repeats allowed) of
+    the stream `seed`, the same bytes as `render` gives them on CPU: a selection is rendered in one
+    pass, not range by range."""
+    fn = _check(name, seed, size, channels, params)
+    indices = torch.as_tensor(indices, dtype=torch.int64).cpu()
+    if indices.ndim != 1 or (len(indices) and int(indices.min()) < 0):
+        raise UserError("image indices must be a 1-D tensor of non-negative integers")
+    device = _device(device)
+    return _render(fn, seed, indices.to(device), size, channels, device, strategy, params)
+
+
+def _render(fn, seed: int, indices: Tensor, size: int, channels: int, device: torch.device, strategy, params):
+    """The source's images for `indices` (on `device`), rendered in chunks that bound memory."""
     strategy = resolve_strategy(strategy, device)
-    out = torch.empty((count, channels, size, size), dtype=torch.uint8, device=device)
+    out = torch.empty((len(indices), channels, size, size), dtype=torch.uint8, device=device)
     chunk = max(1, _PIXELS_PER_CHUNK[strategy] // (size * size))
-    for first in range(0, count, chunk):
-        last = min(first + chunk, count)
-        indices = torch.arange(start + first, start + last, dtype=torch.int64, device=device)
-        out[first:last] = fn(int(seed), indices, size, channels, device, strategy, **params)
+    for first in range(0, len(indices), chunk):
+        last = min(first + chunk, len(indices))
+        out[first:last] = fn(int(seed), indices[first:last], size, channels, device, strategy, **params)
     return out
