@@ -37,10 +37,9 @@ from .boundary_attack import (BISECTION_STEPS, GREY_LEVEL, Bisection, GradientAt
 from .boundary_slots import SlotAttack
 from .checkpoint import load_model
 from .data import ImageSet, open_images
-from .runtime import autocast_context, predict, resolve_device
+from .runtime import autocast_context, predict, resolve_device, resolve_strategy
 from .errors import UserError
 from .pool import claim_output, write_pool
-from .sources.strategy import resolve_strategy
 from .teacher import class_histogram, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")

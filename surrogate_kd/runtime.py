@@ -35,6 +35,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# How a batch goes through per-image work (augmentation ops, shader programs, boundary attacks):
+#   gather  group the batch by what each image needs and run each piece on its rows only: least
+#           arithmetic, but data-dependent shapes (a host sync to read them). The CPU default.
+#   where   run every branch on the whole batch and pick with torch.where: more arithmetic, but
+#           the same ops at any batch size and no host sync (CUDA graphs). The accelerator default.
+STRATEGIES = ("gather", "where")
+
+
+def default_strategy(device: "torch.device | str") -> str:
+    """'gather' on CPU, where a host sync is free and arithmetic is the cost; 'where' on accelerators."""
+    return "gather" if torch.device(device).type == "cpu" else "where"
+
+
+def resolve_strategy(strategy: "str | None", device: "torch.device | str", what: str = "strategy") -> str:
+    """`strategy` checked, or the device's default when None; `what` names it in the error."""
+    if strategy is None:
+        return default_strategy(device)
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown {what} '{strategy}'; valid: {', '.join(STRATEGIES)}")
+    return strategy
+
+
 def _cpu_has_fast_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

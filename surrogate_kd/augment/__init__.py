@@ -21,7 +21,8 @@ capture them (docs/augmentation.md, "GPU readiness"). Images stay float in [0, 1
 uint8, so results differ from it by rounding only (about one grey level); see docs/augmentation.md.
 """
 
-from ._per_sample import STRATEGIES, apply_grouped, default_strategy, luminance
+from ..runtime import STRATEGIES, default_strategy
+from ._per_sample import apply_grouped, luminance
 from .randaugment import MAX_MAGNITUDE, RANDAUGMENT_OPS, apply_op, apply_ops, draw_ops, op_magnitudes
 from .regimes import REGIMES, Regime, augment, augment_preview, get_regime, mixup
 from .spatial import elastic, elastic_displacement, erase, flip_crop

@@ -13,26 +13,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-
-# How a batch goes through per-image ops (see `apply_grouped`):
-#   gather  sort the batch by op, run each op on its rows: least arithmetic, one host sync a call
-#   where   run every op on the whole batch, torch.where picks: fixed ops, no sync (CUDA graphs)
-STRATEGIES = ("gather", "where")
-
-
-def default_strategy(device: torch.device | str) -> str:
-    """'gather' on CPU, where a host sync is free and arithmetic is the cost; 'where' on accelerators."""
-    return "gather" if torch.device(device).type == "cpu" else "where"
-
-
-def resolve_strategy(strategy: str | None, device: torch.device | str) -> str:
-    """`strategy` checked, or the device's default when None."""
-    if strategy is None:
-        return default_strategy(device)
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown augmentation strategy '{strategy}'; valid: {', '.join(STRATEGIES)}")
-    return strategy
+from ..runtime import default_strategy
 
 
 @functools.lru_cache(maxsize=256)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ._per_sample import apply_grouped, constant, luminance, pixel_centres, randint, resolve_strategy, uniform
+from ..runtime import resolve_strategy
+from ._per_sample import apply_grouped, constant, luminance, pixel_centres, randint, uniform
 
 # torchvision's RandAugment ops, in its order (`RandAugment._augmentation_space`).
 RANDAUGMENT_OPS = (
@@ -74,7 +75,7 @@ def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, strategy: str | No
     is_warp = (op_index >= _OP_ID[_WARPS[0]]) & (op_index <= _OP_ID[_WARPS[-1]])  # the warps are consecutive ids
     group = torch.where(is_warp, _OP_ID[_WARPS[0]], op_index)  # (B,) all warps in one group
     fns = {_OP_ID[_WARPS[0]]: _warp} | {_OP_ID[name]: _ignore_op_index(op) for name, op in _PIXEL_OPS.items()}
-    sort = resolve_strategy(strategy, x.device) == "gather"
+    sort = resolve_strategy(strategy, x.device, "augmentation strategy") == "gather"
     return apply_grouped(group, fns, x, op_index, magnitude, sort=sort)
 
 

@@ -12,7 +12,8 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import REGIMES
-from ._per_sample import apply_grouped, randint, resolve_strategy, uniform
+from ..runtime import resolve_strategy
+from ._per_sample import apply_grouped, randint, uniform
 from .randaugment import apply_ops, draw_ops
 from .spatial import draw_erasing_boxes, elastic, elastic_displacement, erase, flip_crop
 
@@ -88,7 +89,7 @@ def augment(images: Tensor, regime: Regime, generator: torch.Generator, strategy
         raise UserError(f"augment wants (B, 1|3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
     batch, _, height, width = images.shape
     device = images.device
-    strategy = resolve_strategy(strategy, device)
+    strategy = resolve_strategy(strategy, device, "augmentation strategy")
     x = images.float().div_(255.0)  # (B, C, H, W) float32 in [0, 1]
     for _ in range(regime.randaugment_n):
         x = apply_ops(x, *draw_ops(batch, regime.randaugment_m, height, width, generator, device), strategy=strategy)

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..registry import SOURCES
 from . import leaves, noise, photos, shaders  # noqa: F401  each registers its source in SOURCES
 from .shaders import is_simple
-from .strategy import STRATEGIES, resolve_strategy
+from ..runtime import STRATEGIES, resolve_strategy
 
 __all__ = ["SOURCES", "STRATEGIES", "is_simple", "luminance", "render", "render_at"]
 
@@ -149,7 +149,7 @@ def render_at(
 
 def _render(fn, seed: int, indices: Tensor, size: int, channels: int, device: torch.device, strategy, params):
     """The source's images for `indices` (on `device`), rendered in chunks that bound memory."""
-    strategy = resolve_strategy(strategy, device)
+    strategy = resolve_strategy(strategy, device, "source strategy")
     out = torch.empty((len(indices), channels, size, size), dtype=torch.uint8, device=device)
     chunk = max(1, _PIXELS_PER_CHUNK[strategy] // (size * size))
     for first in range(0, len(indices), chunk):

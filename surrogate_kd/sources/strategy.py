@@ -16,22 +16,9 @@ to render that, with the same bytes on CPU:
 
 from typing import Callable, Mapping
 
-import torch
 from torch import Tensor
 
 from ..augment import apply_grouped  # the one group-by-choice dispatch, shared with augmentation
-from ..errors import UserError
-
-STRATEGIES = ("gather", "where")
-
-
-def resolve_strategy(strategy: "str | None", device: torch.device) -> str:
-    """`strategy` checked, or 'gather' on CPU and 'where' on any other device when None."""
-    if strategy is None:
-        return "gather" if device.type == "cpu" else "where"
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown source strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    return strategy
 
 
 def per_image(
