@@ -160,6 +160,7 @@ class OnlineBalancedBatches(EpochBatches):
         self.batch_size, self.epoch_size, self.chunk = batch_size, epoch_size, chunk
         self.max_draws = max_draws or 20 * epoch_size
         self.steps_per_epoch = epoch_size // batch_size
+        self.drawn: dict[int, torch.Tensor] = {}  # epoch -> the teacher's histogram over its draws
 
     def _epoch_data(self, epoch: int):
         spec, num_classes = self.teacher.spec, self.teacher.num_classes
@@ -167,6 +168,7 @@ class OnlineBalancedBatches(EpochBatches):
         quotas = class_quotas(torch.ones(num_classes, dtype=torch.int64), self.epoch_size, generator)
         kept_images, kept_labels = [], []
         filled = torch.zeros(num_classes, dtype=torch.int64)
+        drawn = torch.zeros(num_classes, dtype=torch.int64)
         first = epoch * self.max_draws
         for start in range(first, first + self.max_draws, self.chunk):
             images = render(self.source, self.seed, start, self.chunk, spec.size, spec.channels, self.device,
@@ -179,12 +181,26 @@ class OnlineBalancedBatches(EpochBatches):
             kept_images.append(images[keep.to(images.device)])
             kept_labels.append(predicted[keep])
             filled += class_histogram(predicted[keep], num_classes)
+            drawn += class_histogram(predicted, num_classes)
             if torch.equal(filled, quotas):
                 break
+        self.drawn[epoch] = drawn
         labels = torch.cat(kept_labels)
         # Fill what the draw budget left short: replicate rare classes, move absent ones' shares.
         order = indices_for_quotas(labels, class_quotas(filled, self.epoch_size, generator), generator)
         return torch.cat(kept_images), labels.to(self.device), order.to(self.device)
+
+    def report(self) -> dict:
+        """What the teacher made of the fresh images this run drew (before balancing), as a fixed
+        set reports its candidates: a resumed run reports the epochs it drew itself."""
+        if not self.drawn:
+            return {}
+        histogram = torch.stack(list(self.drawn.values())).sum(0)
+        counts = [int(c) for c in histogram]
+        return {"stream": {"epochs_drawn": len(self.drawn), "draws": sum(counts),
+                           "draws_per_kept_image": round(sum(counts) / (len(self.drawn) * self.epoch_size), 3)},
+                "relative_entropy": relative_entropy(histogram), "class_histogram": counts,
+                "rare_classes": rare_classes(counts, list(self.teacher.spec.classes))}
 
 
 class EpochBoundaryBatches(EpochBatches):

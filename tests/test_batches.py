@@ -51,6 +51,10 @@ def test_online_balancing_keeps_quotas_and_is_a_function_of_step(planted):
     assert images.unique(dim=0).shape[0] == 64, "quotas filled with fresh images, no replication needed"
     # Drawing stops once every quota is full (4 classes, 16 each: a few chunks of 64), far below the budget.
     assert 64 < drawn <= 64 * 8 < batches.max_draws
+    report = batches.report()  # what the teacher made of the draws, before the quotas (like a fixed set's candidates)
+    assert report["stream"]["draws"] == sum(report["class_histogram"]) == drawn
+    assert report["stream"]["epochs_drawn"] == 1 and report["stream"]["draws_per_kept_image"] == drawn / 64
+    assert 0 < report["relative_entropy"] <= 1 and isinstance(report["rare_classes"], str)
 
     resumed = OnlineBalancedBatches(teacher, "noise", batch_size=16, seed=0, device="cpu", epoch_size=64, chunk=64)
     assert torch.equal(resumed.batch(5)[0], batches.batch(5)[0]), "batch(step) depends on the step only"
