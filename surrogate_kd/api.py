@@ -35,7 +35,7 @@ from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
 from .recipe import data_kind as default_data_kind
-from .recipe import WHY, describe, distill_recipe, resolve, teacher_recipe
+from .recipe import describe, distill_config, resolve, teacher_recipe, why
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
 from .teacher import is_source, load_teacher, teacher_fingerprint
@@ -135,7 +135,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
     kind = data_kind or default_data_kind(data)
-    cfg = resolve(distill_recipe(kind), config, settings, **train_settings)
+    cfg = distill_config(kind, lambda base: resolve(base, config, settings, **train_settings))
     if params and not is_source(data):
         raise UserError(f"--param sets a synthetic source's parameters; '{data}' is not a source")
     if boundary_every_epoch and not boundary_fraction:
@@ -164,7 +164,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         first = batches.batch(0)[0][:64]  # on every rank: it builds epoch 0 (and its summary) there too
         if parallel.is_main():
             save_grid(first, run.path / "samples.png")  # what the student is shown (before augmentation)
-        _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {WHY[kind]}; any field can be set")
+        _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {why(kind, cfg)}; any field can be set")
         torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
         model = build_model(student, spec)
         result = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=run.path,

@@ -14,7 +14,7 @@ import sys
 
 from . import __version__
 from .config import parse_assignments
-from .recipe import distill_recipe, teacher_recipe
+from .recipe import HEAVY_FROM, distill_recipe, teacher_recipe
 from .errors import UserError
 
 
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
          action="store_true")
     _add(p, c, "--eval-data", "labelled set to report accuracy on, e.g. fashion-mnist:test")
     _add(p, c, "--download", "allow downloading named datasets", action="store_true")
-    _add_training_flags(p, {"real data": distill_recipe("real"), "synthetic data": distill_recipe("synthetic")})
+    _add_training_flags(p, {"real data": distill_recipe("real"), "synthetic data": distill_recipe("synthetic"),
+                            f"synthetic data from {HEAVY_FROM:,} images": distill_recipe("synthetic", HEAVY_FROM)})
     p.set_defaults(func=cmd_distill)
 
     c = "evaluate"

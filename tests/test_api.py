@@ -7,7 +7,7 @@ import pytest
 from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
-from surrogate_kd.recipe import distill_recipe, resolve, teacher_recipe
+from surrogate_kd.recipe import HEAVY_FROM, distill_config, distill_recipe, resolve, teacher_recipe, why
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
 TINY_API = dict(epochs=1, batch_size=32, device="cpu", precision="fp32")
@@ -45,16 +45,35 @@ def test_distill_api_and_cli_resolve_the_same_config(tmp_path, tiny_dataset, set
                 params={"figure": 0}, config=str(settings_file), mixup=False, tau=4, **TINY_API)
     cli, lib = identity(tmp_path / "cli"), identity(tmp_path / "api")
     assert cli == lib
-    assert lib["train"]["regime"] == "high", "a config file that sets other fields keeps the synthetic-data regime"
+    assert lib["train"]["regime"] == distill_recipe("synthetic").regime, \
+        "a config file that sets other fields keeps the synthetic-data regime"
 
 
 def test_layers_replace_only_what_they_name(tmp_path):
     synthetic = distill_recipe("synthetic")
     cfg = resolve(synthetic, {"budget_images": 1000}, ["augment.invert_p=0.2"], lr=0.01, tau=None)
-    assert (cfg.tau, cfg.regime, cfg.mixup) == (synthetic.tau, "high", synthetic.mixup)  # kept from the recipe
+    assert (cfg.tau, cfg.regime, cfg.mixup) == (synthetic.tau, synthetic.regime, synthetic.mixup)  # kept from the recipe
     assert (cfg.budget_images, cfg.lr) == (1000, 0.01)
     assert dict(cfg.regime_overrides) == {**dict(synthetic.regime_overrides), "invert_p": 0.2}
     assert resolve(teacher_recipe(), TrainConfig(epochs=3)) == TrainConfig(epochs=3), "a whole config is taken as is"
+
+
+def test_the_synthetic_regime_follows_the_budget_unless_set():
+    def at(budget, settings=None, **fields):
+        return distill_config("synthetic", lambda base: resolve(base, {"budget_images": budget}, settings, **fields))
+
+    assert at(HEAVY_FROM - 1).regime == "standard" and not at(HEAVY_FROM - 1).regime_overrides
+    long = at(HEAVY_FROM)
+    assert (long.regime, dict(long.regime_overrides)) == ("high", {"elastic_p": 0.0})
+    assert at(1000, regime="high").regime == "high", "a regime the caller sets wins at any budget"
+    assert at(10**7, regime="none").regime == "none"
+    assert dict(at(10**7, ["augment.elastic_p=0.5"]).regime_overrides) == {"elastic_p": 0.5}
+    assert distill_config("synthetic", lambda base: base).regime == "standard", "a budget in epochs"
+    assert distill_config("real", lambda base: resolve(base, {"budget_images": 10**7})).regime == "standard"
+    short = at(1000)
+    assert (short.tau, short.mixup, short.lr) == (long.tau, long.mixup, long.lr), "only the regime follows the budget"
+    assert why("synthetic", short).endswith("for 1,000 images: `standard`")
+    assert why("synthetic", long).endswith("`high`")
 
 
 def test_every_command_is_a_library_function_with_the_same_options():

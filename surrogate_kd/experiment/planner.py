@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..recipe import data_kind, distill_recipe, resolve, teacher_recipe
+from ..recipe import data_kind, distill_config, resolve, teacher_recipe
 from ..rundir import MODEL_FILE
 from .spec import (NAMED_DATASETS, ORIGINAL, ExperimentSpec, SetSpec, TeacherSpec, apply_settings, check_arch,
                    check_data, check_name, flat_recipe, from_mapping, read_config, split_fields)
@@ -207,8 +207,8 @@ def _plan(raw: dict, source: str) -> Plan:
                 raise UserError(f"sets.{setname}: data '{ORIGINAL}' needs teachers.{tname}.data (its training data)")
             data = teacher.data
         kind = s.kind or data_kind(data)
-        config = _recipe(distill_recipe(kind), [(spec.recipe, "recipe"), (s.recipe, f"sets.{setname}.recipe"),
-                                                (recipe_fields, where)], spec.device)
+        layers = [(spec.recipe, "recipe"), (s.recipe, f"sets.{setname}.recipe"), (recipe_fields, where)]
+        config = distill_config(kind, lambda base: _recipe(base, layers, spec.device))
         options = {"data": data, "candidates": s.candidates, "per_class": s.per_class, "stream": s.stream,
                    "params": dict(s.params) or None, "boundary_fraction": s.boundary_fraction,
                    "boundary_targets": s.boundary_targets, "boundary_every_epoch": s.boundary_every_epoch,
