@@ -31,6 +31,18 @@ def test_every_shipped_config_is_valid(config):
     assert plan(config).cells
 
 
+@pytest.mark.parametrize("config", sorted((TINY.parent / "paper").glob("*.yaml")), ids=lambda p: p.name)
+def test_paper_configs_write_the_paper_recipe_out(config):
+    """The library's defaults are for short budgets (recipe.py); the paper's 400-epoch configs must
+    not inherit them: tau 2 real / 20 synthetic, batch 256 at lr 0.1, mixup unless a cell turns it off."""
+    for cell in plan(config).cells:
+        synthetic = cell.options["data"] in ("shaders", "leaves", "noise")
+        assert cell.config.tau == (20 if synthetic else 2), cell.name
+        assert (cell.config.batch_size, cell.config.lr, cell.config.epochs) == (256, 0.1, 400), cell.name
+        assert cell.config.mixup or "mixup=false" in cell.name or "long-tail" == cell.variant \
+            or "balanced" == cell.variant, cell.name
+
+
 def test_grid_is_the_product_of_teachers_students_sets_and_axes():
     p = plan(TINY)
     assert [c.name for c in p.cells] == [f"fmnist/convnet_tiny/{s}/targets={t}"
