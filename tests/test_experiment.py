@@ -43,6 +43,16 @@ def test_paper_configs_write_the_paper_recipe_out(config):
             or "balanced" == cell.variant, cell.name
 
 
+def test_a_checkpoint_teacher_is_reported_with_its_own_architecture(tmp_path, tiny_spec):
+    from surrogate_kd.checkpoint import save_model
+    from surrogate_kd.models import build_model
+
+    weights = save_model(build_model("convnet_tiny", tiny_spec), tmp_path / "t" / "model.safetensors")
+    config = {"out": str(tmp_path / "out"), "teachers": {"t": {"checkpoint": str(weights)}},
+              "students": ["convnet_tiny"], "sets": {"noise": {"data": "noise"}}}
+    assert plan(config).teachers["t"].arch == "convnet_tiny", "from its sidecar, not the config's default arch"
+
+
 def test_grid_is_the_product_of_teachers_students_sets_and_axes():
     p = plan(TINY)
     assert [c.name for c in p.cells] == [f"fmnist/convnet_tiny/{s}/targets={t}"

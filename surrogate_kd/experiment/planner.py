@@ -126,6 +126,17 @@ def _default_eval(data: str | None) -> str | None:
     return f"{data.partition(':')[0]}:test" if data and data.partition(":")[0] in NAMED_DATASETS else None
 
 
+def _checkpoint_arch(path: Path) -> str:
+    """A checkpoint teacher's architecture, from its sidecar (what the report's teacher table shows);
+    a format without one (ONNX, TorchScript) is named by its suffix."""
+    from ..checkpoint import read_sidecar
+
+    try:
+        return read_sidecar(path.with_suffix(".json"))[0]
+    except (UserError, OSError):
+        return path.suffix.lstrip(".") or "-"
+
+
 def _recipe(base: TrainConfig, layers: list[tuple[dict, str]], device: str | None) -> TrainConfig:
     cfg = base
     for settings, where in layers:
@@ -173,7 +184,8 @@ def _plan(raw: dict, source: str) -> Plan:
         trained = t.checkpoint is None
         run_out = Path(t.out) if t.out else out / "teachers" / name
         config = _recipe(teacher_recipe(), [(t.train, f"{where}.train")], spec.device) if trained else None
-        teachers[name] = Teacher(name, t.data, t.arch, run_out / MODEL_FILE if trained else Path(t.checkpoint),
+        arch = t.arch if trained else _checkpoint_arch(Path(t.checkpoint))
+        teachers[name] = Teacher(name, t.data, arch, run_out / MODEL_FILE if trained else Path(t.checkpoint),
                                  run_out if trained else None, t.eval_data or spec.eval_data or _default_eval(t.data),
                                  config)
     if isinstance(spec.students, dict):
