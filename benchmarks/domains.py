@@ -8,6 +8,9 @@ No download: every set comes from a package installed by `make` (requirements.lo
   gray-textures   the same task on 10 grey scikit-image photos (camera, coins, brick, grass, ...),
                   (32x32 grey): a domain held out from the recipe study
   sklearn-digits  scikit-learn's 1,797 8x8 digits, upscaled to 16x16 (grey, 10 classes): held out too
+  shapes          which of 10 outlines or filled shapes (disc, ring, square, ...) a 28x28 grey image
+                  shows, drawn with PIL at a random size, place, angle, contrast and noise: a
+                  domain of symbols, held out from every study until the recipe of session 6
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -85,11 +88,85 @@ def sklearn_digits(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
 
 
+SHAPES = ("disc", "ring", "square", "frame", "triangle", "diamond", "pentagon", "star", "plus", "crescent")
+
+
+def _polygon(corners: int, radius: float, angle: float, centre: tuple[float, float], inner: float = 1.0) -> list:
+    """Corners of a regular polygon (or, with inner < 1, a star alternating radius and inner*radius)."""
+    points = []
+    steps = corners * (2 if inner < 1 else 1)
+    for k in range(steps):
+        r = radius * (inner if k % 2 else 1.0) if inner < 1 else radius
+        a = angle + 2 * np.pi * k / steps
+        points.append((centre[0] + r * np.cos(a), centre[1] + r * np.sin(a)))
+    return points
+
+
+def _shape(kind: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
+    """One image of shape class `kind`: drawn at 4x and downsampled (smooth edges), random place,
+    size, angle, grey levels and pixel noise."""
+    from PIL import Image, ImageDraw
+
+    scale = 4
+    big = size * scale
+    background, foreground = rng.uniform(0, 110), rng.uniform(145, 255)
+    if rng.random() < 0.5:
+        background, foreground = 255 - background, 255 - foreground  # dark on light as often as light on dark
+    image = Image.new("L", (big, big), int(background))
+    draw = ImageDraw.Draw(image)
+    radius = rng.uniform(0.22, 0.42) * big
+    centre = tuple(rng.uniform(radius, big - radius, size=2))
+    angle = rng.uniform(0, 2 * np.pi)
+    width = max(2, int(rng.uniform(0.1, 0.2) * radius))
+    fill, box = int(foreground), [centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius]
+    name = SHAPES[kind]
+    if name == "disc":
+        draw.ellipse(box, fill=fill)
+    elif name == "ring":
+        draw.ellipse(box, outline=fill, width=width)
+    elif name in ("square", "frame"):
+        corners = _polygon(4, radius, angle, centre)
+        draw.polygon(corners, fill=fill) if name == "square" else draw.line(corners + corners[:1], fill=fill, width=width)
+    elif name == "triangle":
+        draw.polygon(_polygon(3, radius, angle, centre), fill=fill)
+    elif name == "diamond":  # a rhombus: a square squashed along one diagonal
+        points = [(centre[0] + radius * np.cos(angle + k * np.pi / 2) * (1.0 if k % 2 == 0 else 0.5),
+                   centre[1] + radius * np.sin(angle + k * np.pi / 2) * (1.0 if k % 2 == 0 else 0.5)) for k in range(4)]
+        draw.polygon(points, fill=fill)
+    elif name == "pentagon":
+        draw.polygon(_polygon(5, radius, angle, centre), fill=fill)
+    elif name == "star":
+        draw.polygon(_polygon(5, radius, angle, centre, inner=0.45), fill=fill)
+    elif name == "plus":
+        for a in (angle, angle + np.pi / 2):
+            end = (radius * np.cos(a), radius * np.sin(a))
+            draw.line([(centre[0] - end[0], centre[1] - end[1]), (centre[0] + end[0], centre[1] + end[1])],
+                      fill=fill, width=2 * width)
+    else:  # crescent: a disc with a shifted disc of the background cut out of it
+        draw.ellipse(box, fill=fill)
+        shift = 0.45 * radius
+        cut = (centre[0] + shift * np.cos(angle), centre[1] + shift * np.sin(angle))
+        draw.ellipse([cut[0] - radius, cut[1] - radius, cut[0] + radius, cut[1] + radius], fill=int(background))
+    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
+    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+
+
+def shapes(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count, dtype=np.int64) % len(SHAPES)
+        rng.shuffle(labels)
+        out[split] = (np.stack([_shape(int(k), rng) for k in labels]), labels)
+    return out
+
+
 BUILDERS = {
     "mnist-5k": lambda seed: mnist_5k(seed),
     "photo-crops": lambda seed: photo_crops(COLOUR_PHOTOS, grey=False, seed=seed),
     "gray-textures": lambda seed: photo_crops(GREY_PHOTOS, grey=True, seed=seed),
     "sklearn-digits": lambda seed: sklearn_digits(seed),
+    "shapes": lambda seed: shapes(seed),
 }
 
 
