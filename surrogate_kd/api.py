@@ -207,12 +207,13 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
 
 
 def score(teacher, data: list[str], out: str | Path | None = "runs/score", candidates: int = 10000, seed: int = 0,
-          device: str = "auto") -> list[dict]:
-    """Rank candidate distillation sets for `teacher`, best first, without distilling (score.score)."""
+          device: str = "auto", adapt: bool | None = None) -> list[dict]:
+    """Rank candidate distillation sets for `teacher`, best first, without distilling (score.score);
+    shaders adapt to the teacher as in `distill` (`adapt`: None for distill's rule)."""
     from .score import score as score_sets
 
     return score_sets(teacher, data if isinstance(data, list) else [data], out, candidates=candidates, seed=seed,
-                      device=device)
+                      device=device, adapt=adapt)
 
 
 def synthesize(source: str, count: int, out: str | Path, size: int = 32, channels: int = 3, seed: int = 0,

@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--out", "folder for score.json, score.md, class_histograms.png")
     _add(p, c, "--seed", "which candidates", type=int)
     _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
+    _add(p, c, "--adapt", "score shaders steered by the teacher, as distill renders them (default: distill's rule, "
+                          "on for teachers of up to 100 classes; --no-adapt: plain shaders)",
+         action=argparse.BooleanOptionalAction)
     p.set_defaults(func=cmd_score)
 
     c = "import_teacher"

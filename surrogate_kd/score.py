@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapt import adapted_params, adapts_by_default
 from .errors import UserError
 from .files import writable_directory
 from .report import rare_classes
@@ -101,25 +102,33 @@ def teacher_features(teacher, images: torch.Tensor, logits: torch.Tensor, device
 
 
 def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidates: int = 10000, seed: int = 0,
-          device: str = "auto", batch_size: int = 1024) -> list[dict]:
+          device: str = "auto", batch_size: int = 1024, adapt: bool | None = None) -> list[dict]:
     """Rank candidate distillation sets for `teacher`, best first, without distilling.
 
     Each set is read as `select` reads it (a pool, .npz, folder, named dataset, or a synthetic
     source's first `candidates` images) and at most `candidates` random images of it are scored,
-    so every set is measured at the same size. With `out_dir`, writes score.json, score.md and
+    so every set is measured at the same size. `shaders` are scored as `distill` would render
+    them: steered by the teacher when `adapt` (None: `distill`'s rule, adapt.adapts_by_default),
+    plain otherwise; the row says which. With `out_dir`, writes score.json, score.md and
     class_histograms.png there.
     """
     if not datas:
         raise UserError("score needs at least one image set")
+    if adapt and "shaders" not in datas:
+        raise UserError(f"adapt steers shader programs; none of {', '.join(datas)} is shaders")
     if out_dir is not None:
         writable_directory(Path(out_dir))  # a bad --out fails now, not after every set is scored
     model = load_teacher(teacher)
     dev = resolve_device(device)
     rows = []
     for data in datas:
-        images, logits = load_candidates(model, data, candidates, seed, dev, batch_size=batch_size)
+        steered = data == "shaders" and (adapts_by_default(data, model.num_classes) if adapt is None else adapt)
+        params = adapted_params(model, {}, seed, dev)[0] if steered else None
+        images, logits = load_candidates(model, data, candidates, seed, dev, batch_size=batch_size,
+                                         source_params=params)
         features, space = teacher_features(model, images.images, logits, dev, batch_size)
-        row = {"data": data, **criteria(logits, features, images.images), "feature_space": space}
+        row = {"data": data + (" (adaptive)" if steered else ""), **criteria(logits, features, images.images),
+               "feature_space": space}
         row["rare_classes"] = rare_classes(row["class_histogram"], list(model.spec.classes))
         row["distillability"] = distillability(row)
         rows.append(row)

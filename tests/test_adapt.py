@@ -134,3 +134,17 @@ def test_a_kernel_keeps_its_centre_bins():
     _, uniforms, _ = first_renders(0, torch.arange(500), 8, 1, 3, 1.0, proposal)
     in_bin = torch.cat([(uniforms[:, :77] * 4).floor() == 2, (uniforms[:, 77:] * 4).floor() == 1], 1)
     assert abs(in_bin.float().mean() - (0.9 + 0.1 / 4)) < 0.01
+
+
+def test_score_measures_shaders_as_distill_renders_them(teacher):
+    """`score` steers shaders like `distill` does (default for <= 100 classes), so its relative
+    entropy is the one the run will get; --no-adapt scores plain shaders."""
+    from surrogate_kd.errors import UserError
+    from surrogate_kd.score import score
+
+    [steered] = score(teacher, ["shaders"], candidates=512, device="cpu")
+    [plain] = score(teacher, ["shaders"], candidates=512, device="cpu", adapt=False)
+    assert (steered["data"], plain["data"]) == ("shaders (adaptive)", "shaders")
+    assert steered["relative_entropy"] > plain["relative_entropy"] + 0.1
+    with pytest.raises(UserError, match="none of noise is shaders"):
+        score(teacher, ["noise"], candidates=64, device="cpu", adapt=True)
