@@ -2,6 +2,7 @@
 
 atomic_write       a temporary file (its name carries the process id), then one rename
 writable_*         an output that cannot be written is a one-line error before the work, not after it
+claim_directory    an output directory is taken only when it is absent, empty, or already one of ours
 Modes follow the umask like a plain open()/mkdir, whatever the writing library does.
 """
 
@@ -69,3 +70,38 @@ def writable_file(path: Path, what: str = "output") -> Path:
         raise UserError(f"{what} {path} is a directory; give a file name")
     writable_directory(path.parent if str(path.parent) else Path("."), what)
     return path
+
+
+def claim_directory(out: Path, marker: str, what: str, overwrite: bool = False, inputs=(), ignore=()) -> bool:
+    """Refuse, with a one-line UserError, an output directory `out` that this command would lose
+    something in: a file at that path, a directory holding one of `inputs` (what the command reads),
+    a non-empty directory without `marker` (the file that says it holds `what`, e.g. a pool's
+    manifest), or, unless `overwrite`, one that holds `what` already. `ignore`: names a directory
+    of ours may hold beside the marker (a lock file). Returns whether `out` holds `what` now.
+
+    The one rule of every command that writes a directory (runs, pools, imported checkpoints)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is a file; give a directory")
+    refuse_inputs(out, inputs)
+    if not out.is_dir():
+        return False
+    if (out / marker).exists():
+        if not overwrite:
+            raise UserError(f"{out} already holds a {what}; choose another --out, or pass --overwrite to replace it")
+        return True
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ignore)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise UserError(f"{out} is not empty and holds no {what} (found {shown}); choose another --out")
+    return False
+
+
+def refuse_inputs(out: Path, inputs, why: str = "") -> None:
+    """UserError when the output directory `out` is or holds one of `inputs` (files a command reads:
+    it must never write over them, whatever --overwrite says). `why`: said after the advice."""
+    here = Path(out).resolve()
+    for path in map(Path, inputs):
+        target = path.resolve()
+        if target == here or here in target.parents:
+            raise UserError(f"--out {out} holds {path}, which this command reads; choose another --out{why}")

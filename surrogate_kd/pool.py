@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .files import umask
+from .files import claim_directory, umask
 
 FORMAT = "surrogate-kd-pool"
 VERSION = 1
@@ -97,12 +97,7 @@ class _ShardWriter:
 
 def claim_output(out: Path, overwrite: bool) -> None:
     """UserError unless `out` may become a pool: absent, empty, or a pool we may replace."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"pool output {out} exists and is not a directory")
-    if (out / MANIFEST).exists() and not overwrite:
-        raise UserError(f"a pool already exists at {out}; pass overwrite=True (--overwrite) to replace it")
-    if out.is_dir() and not (out / MANIFEST).exists() and any(out.iterdir()):
-        raise UserError(f"pool output {out} is a non-empty directory that is not a pool; refusing to replace it")
+    claim_directory(out, MANIFEST, "pool", overwrite)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

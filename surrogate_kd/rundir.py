@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import field_defaults
-from .files import atomic_write_text, writable_directory
+from .files import atomic_write_text, claim_directory, refuse_inputs, writable_directory
 from .errors import UserError, first_line
 
 RUN_FILE = "run.json"
@@ -90,18 +90,14 @@ class RunDir:
 
         Raises UserError (before anything is written) when the directory is not this run's to use.
         """
-        self._refuse_protected()
+        refuse_inputs(self.path, self.protect, " (a run never writes over its teacher)")
         self._created = not self.path.exists()
         writable_directory(self.path)
         self._acquire_lock()
         try:
             owner = self._owner()
-            if owner is None:
-                foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
-                if foreign:
-                    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-                    raise UserError(f"{self.path} is not empty and holds no surrogate-kd run (found {shown}); "
-                                    "choose another --out")
+            if owner is None:  # refuses a directory of other files; resuming or replacing a run is decided below
+                claim_directory(self.path, RUN_FILE, "surrogate-kd run", overwrite=True, ignore=(LOCK_FILE,))
             elif owner.get("kind") != self.kind or not same_run(owner.get("identity"), self.identity):
                 if not self.overwrite:
                     raise UserError(f"{self.path} holds another run ({self._describe(owner)}); choose another --out, "
@@ -135,14 +131,6 @@ class RunDir:
                 if self._created:
                     shutil.rmtree(self.path, ignore_errors=True)
             raise
-
-    def _refuse_protected(self) -> None:
-        here = self.path.resolve()
-        for path in self.protect:
-            target = path.resolve()
-            if target == here or here in target.parents:
-                raise UserError(f"--out {self.path} holds {path}, which this run reads; choose another --out "
-                                "(a run never writes over its teacher)")
 
     def _acquire_lock(self) -> None:
         try:

@@ -79,7 +79,7 @@ def test_params_are_recorded(tmp_path):
 def test_existing_pool_needs_overwrite(tmp_path, images):
     out = tmp_path / "pool"
     write_pool(out, _batches(images, 8), {"tag": "old"})
-    with pytest.raises(UserError, match="already exists"):
+    with pytest.raises(UserError, match="already holds a pool"):
         write_pool(out, _batches(images, 8), {"tag": "new"})
     assert Pool(out).manifest["tag"] == "old"
     write_pool(out, _batches(images[:5], 8), {"tag": "new"}, overwrite=True)
@@ -114,7 +114,7 @@ def test_failed_overwrite_keeps_the_old_pool(tmp_path, images):
 def test_refuses_to_replace_a_directory_that_is_not_a_pool(tmp_path, images):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="not a pool"):
+    with pytest.raises(UserError, match="holds no pool"):
         write_pool(tmp_path / "notes", _batches(images, 8), {}, overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
@@ -124,7 +124,7 @@ def test_unwritable_output_is_a_user_error(tmp_path, images):
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot write a pool"):
         write_pool(blocker / "pool", _batches(images, 8), {})  # a file where a directory must go
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="exists and is a file"):
         write_pool(blocker, _batches(images, 8), {})
 
 

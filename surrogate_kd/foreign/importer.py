@@ -11,7 +11,7 @@ from torch import nn
 from ..checkpoint import _clip, provenance, read_weights, save_model, spec_dict
 from ..config import InputSpec
 from ..errors import UserError, first_line
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, claim_directory
 from ..models import ImageClassifier, build_model
 from ..rundir import MODEL_FILE, file_digest
 from .blackbox import load_black_box, onnx_session
@@ -152,28 +152,6 @@ def _onnx_inferred(file: Path) -> dict:
     return found
 
 
-def _claim_out(out: Path, overwrite: bool, inputs: list[Path]) -> None:
-    """Refuse an --out that would lose something: a file, another checkpoint (unless overwrite),
-    foreign files, or the very file being imported."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is a file; give a directory")
-    here = out.resolve()
-    for path in inputs:
-        if path.resolve().parent == here:
-            raise UserError(f"--out {out} holds {path}, which is being imported; choose another --out")
-    if not out.is_dir():
-        return
-    if (out / SIDECAR_NAME).exists():
-        if not overwrite:
-            raise UserError(f"{out} already holds a checkpoint ({SIDECAR_NAME}); choose another --out, or pass "
-                            "--overwrite to replace it")
-        return
-    foreign = sorted(p.name for p in out.iterdir())
-    if foreign:
-        raise UserError(f"{out} is not empty and holds no checkpoint (found {_listed(foreign, 5)}); "
-                        "choose another --out")
-
-
 def _replace_checkpoint(out: Path) -> None:
     """Remove a checkpoint being overwritten: its sidecar first, so it never looks complete half-removed."""
     (out / SIDECAR_NAME).unlink(missing_ok=True)
@@ -198,7 +176,8 @@ def import_teacher(out: str | Path, weights: str | Path | None = None, arch: str
     out, source = Path(out), Path(source)
     if not source.is_file():
         raise UserError(f"{flag} {source}: file not found")
-    _claim_out(out, overwrite, [source] + ([Path(classes)] if isinstance(classes, (str, Path)) else []))
+    claim_directory(out, SIDECAR_NAME, "checkpoint", overwrite,
+                    inputs=[source] + ([Path(classes)] if isinstance(classes, (str, Path)) else []))
     options = dict(classes=classes, num_classes=num_classes, size=size, channels=channels, mean=mean, std=std,
                    preset=preset)
     imported = {"path": str(source.resolve()), "sha256": file_digest(source)}
