@@ -11,6 +11,9 @@ No download: every set comes from a package installed by `make` (requirements.lo
   shapes          which of 10 outlines or filled shapes (disc, ring, square, ...) a 28x28 grey image
                   shows, drawn with PIL at a random size, place, angle, contrast and noise: a
                   domain of symbols, held out from every study until the recipe of session 6
+  letters         which of 10 capital letters a 32x32 colour image shows, in Pillow's built-in font at a
+                  random size, place, angle and pair of colours, with pixel noise: held out from every
+                  study until session 7's selection defaults
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -161,12 +164,49 @@ def shapes(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np
     return out
 
 
+LETTERS = "ABEGKMRSWZ"
+
+
+def _letter(kind: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """One RGB image of letter class `kind`: drawn at 4x in Pillow's built-in font (the same on
+    every machine), random size, place, angle, colours (at least 80 grey levels apart) and noise."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    scale = 4
+    big = size * scale
+    while True:
+        background, foreground = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        if abs(background.mean() - foreground.mean()) >= 80:
+            break
+    image = Image.new("RGB", (big, big), tuple(int(c) for c in background))
+    font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((0, 0), LETTERS[kind], font=font)
+    slack_x, slack_y = max(big - (right - left), 1), max(big - (bottom - top), 1)
+    position = (rng.uniform(0.2, 0.8) * slack_x - left, rng.uniform(0.2, 0.8) * slack_y - top)
+    draw.text(position, LETTERS[kind], font=font, fill=tuple(int(c) for c in foreground))
+    image = image.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR, fillcolor=tuple(int(c) for c in background))
+    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
+    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+
+
+def letters(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count, dtype=np.int64) % len(LETTERS)
+        rng.shuffle(labels)
+        out[split] = (np.stack([_letter(int(k), rng) for k in labels]), labels)
+    return out
+
+
 BUILDERS = {
     "mnist-5k": lambda seed: mnist_5k(seed),
     "photo-crops": lambda seed: photo_crops(COLOUR_PHOTOS, grey=False, seed=seed),
     "gray-textures": lambda seed: photo_crops(GREY_PHOTOS, grey=True, seed=seed),
     "sklearn-digits": lambda seed: sklearn_digits(seed),
     "shapes": lambda seed: shapes(seed),
+    "letters": lambda seed: letters(seed),
 }
 
 

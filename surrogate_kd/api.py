@@ -27,7 +27,7 @@ import torch
 
 from . import parallel
 from .adapt import adapts_by_default
-from .batches import ArrayBatches, make_batches
+from .batches import ArrayBatches, boundary_room, held_in_memory, make_batches
 from .checkpoint import provenance
 from .config import BoundaryConfig, DataConfig, InputSpec
 from .data import DATASET_STATS, ImageSet, open_images
@@ -35,6 +35,7 @@ from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
 from .recipe import data_kind as default_data_kind
+from .recipe import boundary_fraction as default_boundary_fraction
 from .recipe import describe, distill_config, resolve, teacher_recipe, why
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
@@ -115,7 +116,7 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
 
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
             candidates: int = 50000, per_class: int | None = 2000, stream: bool = False,
-            boundary_fraction: float = 0.0, boundary_targets: str = "least-predicted",
+            boundary_fraction: float | None = None, boundary_targets: str = "least-predicted",
             boundary_every_epoch: bool = False, boundary_method: str = "auto", adapt: bool | None = None,
             params: dict | None = None, data_kind: str | None = None,
             eval_data: str | None = None, download: bool = False, overwrite: bool = False,
@@ -128,7 +129,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     `per_class`: images kept per predicted class out of `candidates` (0 or None: keep all).
     `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
     `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once
-    before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch;
+    before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch
+    (None: the recipe's choice, recipe.boundary_fraction: on for fixed synthetic sets);
     `boundary_method` gradient, bisection (forward passes only) or auto (bisection for black boxes).
     `adapt`: steer the shader programs with the teacher's predictions before rendering any
     (adapt.py); None: on for shaders and teachers of up to 100 classes (adapt.adapts_by_default).
@@ -138,11 +140,17 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     cfg = distill_config(kind, lambda base: resolve(base, config, settings, **train_settings))
     if params and not is_source(data):
         raise UserError(f"--param sets a synthetic source's parameters; '{data}' is not a source")
+    teacher_model = load_teacher(teacher)
+    boundary_why = "as given"
+    if boundary_fraction is None:
+        selected = (per_class or 0) * teacher_model.num_classes or candidates
+        boundary_fraction, boundary_why = default_boundary_fraction(
+            kind, stream, getattr(teacher_model, "differentiable", True), held_in_memory(teacher_model.spec, selected),
+            boundary_room(teacher_model.spec, candidates))
     if boundary_every_epoch and not boundary_fraction:
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method)
                 if boundary_fraction else None)
-    teacher_model = load_teacher(teacher)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
                           adapts_by_default(data, teacher_model.num_classes) if adapt is None else adapt)
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
@@ -164,7 +172,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         first = batches.batch(0)[0][:64]  # on every rank: it builds epoch 0 (and its summary) there too
         if parallel.is_main():
             save_grid(first, run.path / "samples.png")  # what the student is shown (before augmentation)
-        _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {why(kind, cfg)}; any field can be set")
+        _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {why(kind, cfg)}; any field can be set; "
+             f"boundary samples: {boundary_why} (--boundary-fraction)")
         torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
         model = build_model(student, spec)
         result = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=run.path,

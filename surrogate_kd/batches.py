@@ -248,6 +248,18 @@ class EpochBoundaryBatches(EpochBatches):
 MAX_IN_MEMORY_BYTES = 1 << 30
 
 
+def held_in_memory(spec, selected: int) -> bool:
+    """Whether a distillation set of `selected` images in the teacher's input spec is held in
+    memory (else it is written to a pool on disk and read batch by batch)."""
+    return selected * spec.channels * spec.size ** 2 <= MAX_IN_MEMORY_BYTES
+
+
+def boundary_room(spec, candidates: int) -> float:
+    """The largest share of `candidates` whose boundary samples (up to four per attacked image, held
+    in memory until the selection) stay within MAX_IN_MEMORY_BYTES."""
+    return MAX_IN_MEMORY_BYTES / (4 * max(candidates, 1) * spec.channels * spec.size ** 2)
+
+
 def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.device, download: bool = False,
                            with_boundary: bool = True, store: Path | None = None) -> tuple[ImageSet | Pool, dict]:
     """Surrogate images in the teacher's input spec, teacher-balanced when `data.per_class` is set.
@@ -269,7 +281,7 @@ def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.d
     num_classes = len(spec.classes)
     candidates = Candidates(spec, data.data, data.candidates, seed, download, dict(data.source_params))
     selected = data.per_class * num_classes if data.per_class else len(candidates)  # balanced_indices' total
-    if selected * spec.channels * spec.size ** 2 > MAX_IN_MEMORY_BYTES:
+    if not held_in_memory(spec, selected):
         if data.boundary:
             raise UserError(f"boundary samples need the distillation set in memory; {selected} images at "
                             f"{spec.size} px are over {MAX_IN_MEMORY_BYTES >> 20} MiB: lower per_class or drop them")

@@ -15,6 +15,10 @@ HEAVY_FROM images on. The paper's recipe (Sect. 4: tau 2 real / 20 synthetic, mi
 at lr 0.1, `high` for synthetic data) is for schedules of tens of millions of images; at the
 studies' budgets it left students far behind (synthetic 0.23-0.42x the original data's student
 against 0.38-0.79x; real data on a digit teacher 0.759 against 0.954).
+
+A fixed synthetic set also gets the paper's decision-boundary samples (boundary.py) from
+BOUNDARY_FRACTION of its candidates, when the teacher has gradients and the set is held in
+memory (study 4 in docs/recipe.md: seven teachers, three seeds).
 """
 
 from typing import Any, Callable
@@ -36,6 +40,14 @@ SHORT_SCHEDULE = dict(tau=4.0, mixup=False, batch_size=128, lr=0.05, nesterov=Tr
 HEAVY_FROM = 1_000_000
 LONG_SCHEDULE = dict(regime="high", regime_overrides=(("elastic_p", 0.0),))
 MEASURED = "measured on three teachers of three domains at 15k-250k images (docs/recipe.md)"
+# Decision-boundary samples (the paper's "teacher exploitation", Sect. 4.1; boundary.py) for a fixed
+# synthetic set: attack this share of the candidates before the teacher-balanced selection, towards
+# the least-predicted classes. Study 4 in docs/recipe.md (adaptive shaders, 120,000 images, seven
+# teachers of six domains): from half of the candidates they raised the student on six teachers,
+# by 0.4 to 15 points (shapes), and lowered it on one (digits, 7 points over two seeds); from a
+# tenth, the gains were smaller and less steady. The attack costs about as much as training at
+# 120,000 images on a CPU, less at longer budgets.
+BOUNDARY_FRACTION = 0.5
 
 
 def data_kind(data: str) -> str:
@@ -58,6 +70,24 @@ def distill_recipe(kind: str, budget_images: "int | None" = None) -> TrainConfig
         raise UserError(f"unknown data kind '{kind}'; valid: {', '.join(DATA_KINDS)}")
     long = kind == "synthetic" and budget_images is not None and budget_images >= HEAVY_FROM
     return TrainConfig(**{**SHORT_SCHEDULE, **(LONG_SCHEDULE if long else {})})
+
+
+def boundary_fraction(kind: str, stream: bool, differentiable: bool, held_in_memory: bool,
+                      room: float = 1.0) -> tuple[float, str]:
+    """The share of the candidates attacked for boundary samples when the caller does not say, and
+    why: BOUNDARY_FRACTION for a fixed synthetic set of a teacher with gradients that is held in
+    memory, at most `room` (the share whose samples fit in memory beside it); 0 for real data and
+    black-box teachers (not measured), --stream (no fixed set) and a set stored on disk (its
+    samples would have to be held beside it)."""
+    if kind != "synthetic":
+        return 0.0, "none for real data"
+    for off, reason in ((stream, "--stream draws fresh images"), (not differentiable, "the teacher has no gradients"),
+                        (not held_in_memory, "the set is stored on disk")):
+        if off:
+            return 0.0, f"none: {reason}"
+    fraction = min(BOUNDARY_FRACTION, room)
+    capped = f", {BOUNDARY_FRACTION:g} capped to keep the samples in memory" if fraction < BOUNDARY_FRACTION else ""
+    return fraction, f"from {fraction:.3g} of the candidates (synthetic data, docs/recipe.md study 4{capped})"
 
 
 def distill_config(kind: str, layers: Callable[[TrainConfig], TrainConfig]) -> TrainConfig:

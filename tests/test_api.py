@@ -7,7 +7,8 @@ import pytest
 from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
-from surrogate_kd.recipe import HEAVY_FROM, distill_config, distill_recipe, resolve, teacher_recipe, why
+from surrogate_kd.recipe import (BOUNDARY_FRACTION, HEAVY_FROM, boundary_fraction, distill_config, distill_recipe, resolve,
+                                 teacher_recipe, why)
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
 TINY_API = dict(epochs=1, batch_size=32, device="cpu", precision="fp32")
@@ -93,3 +94,31 @@ def test_every_command_is_a_library_function_with_the_same_options():
             if action.dest in ("help",) or action.dest in params:
                 continue
             assert takes_settings and action.dest in {f for f in TrainConfig.__dataclass_fields__}, (name, action.dest)
+
+
+def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
+    assert boundary_fraction("synthetic", False, True, True)[0] == BOUNDARY_FRACTION > 0
+    for off in (("real", False, True, True),  # real data: not measured
+                ("synthetic", True, True, True),  # --stream: no fixed set to add them to
+                ("synthetic", False, False, True),  # a black box: no gradients to attack with
+                ("synthetic", False, True, False)):  # a set stored on disk: they would be held beside it
+        fraction, reason = boundary_fraction(*off)
+        assert fraction == 0 and reason.startswith("none"), off
+    fraction, reason = boundary_fraction("synthetic", False, True, True, room=BOUNDARY_FRACTION / 10)
+    assert fraction == BOUNDARY_FRACTION / 10 and "capped to keep the samples in memory" in reason
+
+
+def test_distill_adds_boundary_samples_unless_told_not_to(tmp_path, tiny_dataset, capsys):
+    teacher = tmp_path / "teacher"
+    api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)
+    weights = teacher / "model.safetensors"
+    common = dict(candidates=64, per_class=8, adapt=False, **TINY_API)
+    default = api.distill(weights, "shaders", tmp_path / "default", **common)
+    assert default["boundary"]["fraction"] == BOUNDARY_FRACTION and default["boundary"]["attacked"] == 32
+    assert default["config"]["data"]["boundary"]["fraction"] == BOUNDARY_FRACTION, "recorded in the run's identity"
+    assert f"boundary samples: from {BOUNDARY_FRACTION:g} of the candidates" in capsys.readouterr().err
+    off = api.distill(weights, "shaders", tmp_path / "off", boundary_fraction=0, **common)
+    assert "boundary" not in off and off["config"]["data"]["boundary"] is None
+    assert "boundary samples: as given" in capsys.readouterr().err
+    real = api.distill(weights, str(tiny_dataset), tmp_path / "real", candidates=64, per_class=8, **TINY_API)
+    assert "boundary" not in real and "boundary samples: none for real data" in capsys.readouterr().err

@@ -53,7 +53,7 @@ class SetSpec:
     per_class: int | None = _default(api.distill, "per_class")  # null: every candidate, no selection
     stream: bool = _default(api.distill, "stream")
     params: dict = field(default_factory=dict)  # a synthetic source's parameters
-    boundary_fraction: float = _default(api.distill, "boundary_fraction")
+    boundary_fraction: float | None = _default(api.distill, "boundary_fraction")  # null: the recipe's choice
     boundary_targets: str = _default(api.distill, "boundary_targets")
     boundary_every_epoch: bool = _default(api.distill, "boundary_every_epoch")
     boundary_method: str = _default(api.distill, "boundary_method")
@@ -69,9 +69,9 @@ class SetSpec:
             raise UserError(f"kind must be real or synthetic, got '{self.kind}'")
         if self.candidates < 0 or (self.per_class is not None and self.per_class < 0):
             raise UserError("candidates and per_class must be >= 0")
-        if not 0 <= self.boundary_fraction <= 1:
+        if self.boundary_fraction is not None and not 0 <= self.boundary_fraction <= 1:
             raise UserError(f"boundary_fraction must be in [0, 1], got {self.boundary_fraction}")
-        if self.boundary_every_epoch and not self.boundary_fraction:
+        if self.boundary_every_epoch and self.boundary_fraction == 0:
             raise UserError("boundary_every_epoch needs boundary_fraction > 0")
         if self.stream and not (self.data in SOURCES):
             raise UserError(f"stream needs a synthetic source ({', '.join(SOURCES.names())}), got '{self.data}'")
