@@ -14,6 +14,8 @@ No download: every set comes from a package installed by `make` (requirements.lo
   letters         which of 10 capital letters a 32x32 colour image shows, in Pillow's built-in font at a
                   random size, place, angle and pair of colours, with pixel noise: held out from every
                   study until session 7's selection defaults
+  dots            how many discs (1 to 10) a 32x32 grey image shows, at random sizes, places and grey
+                  levels with pixel noise: a counting task, held out from every study (session 7)
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -200,6 +202,40 @@ def letters(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[n
     return out
 
 
+def _dots(count: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """One grey image of `count` discs that do not touch, drawn at 4x: random radii, places, levels, noise."""
+    from PIL import Image, ImageDraw
+
+    scale = 4
+    big = size * scale
+    background = rng.uniform(0, 100)
+    if rng.random() < 0.5:
+        background = 255 - background
+    image = Image.new("L", (big, big), int(background))
+    draw = ImageDraw.Draw(image)
+    placed = []
+    while len(placed) < count:
+        radius = rng.uniform(0.04, 0.08) * big
+        centre = rng.uniform(radius + 2, big - radius - 2, size=2)
+        if all(np.hypot(*(centre - c)) > radius + r + 4 for c, r in placed):
+            placed.append((centre, radius))
+    for centre, radius in placed:
+        level = rng.uniform(150, 255) if background < 128 else rng.uniform(0, 105)
+        draw.ellipse([centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius], fill=int(level))
+    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
+    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+
+
+def dots(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count, dtype=np.int64) % 10
+        rng.shuffle(labels)
+        out[split] = (np.stack([_dots(int(k) + 1, rng) for k in labels]), labels)
+    return out
+
+
 BUILDERS = {
     "mnist-5k": lambda seed: mnist_5k(seed),
     "photo-crops": lambda seed: photo_crops(COLOUR_PHOTOS, grey=False, seed=seed),
@@ -207,6 +243,7 @@ BUILDERS = {
     "sklearn-digits": lambda seed: sklearn_digits(seed),
     "shapes": lambda seed: shapes(seed),
     "letters": lambda seed: letters(seed),
+    "dots": lambda seed: dots(seed),
 }
 
 
