@@ -45,8 +45,8 @@ MEASURED = "measured on three teachers of three domains at 15k-250k images (docs
 # the least-predicted classes. Study 4 in docs/recipe.md (adaptive shaders, 120,000 images, seven
 # teachers of six domains): from half of the candidates they raised the student on six teachers,
 # by 0.4 to 15 points (shapes), and lowered it on one (digits, 7 points over two seeds); from a
-# tenth, the gains were smaller and less steady. The attack costs about as much as training at
-# 120,000 images on a CPU, less at longer budgets.
+# tenth, the gains were smaller and less steady. The attack took 1.5-2x the rest of a 120,000-image
+# run on a CPU; it is fixed by the candidates, so it weighs less at longer budgets.
 BOUNDARY_FRACTION = 0.5
 
 
