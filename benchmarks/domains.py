@@ -93,6 +93,25 @@ def sklearn_digits(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
 
 
+def _shrink_with_noise(image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An image drawn at a multiple of `size`, shrunk to it (smooth edges) with pixel noise of a random strength."""
+    from PIL import Image
+
+    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
+    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+
+
+def _drawn_splits(draw, classes: int, seed: int, train: int, test: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train and test splits of a drawn domain, balanced over `classes`: `draw(label, rng)` makes one image."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count, dtype=np.int64) % classes
+        rng.shuffle(labels)
+        out[split] = (np.stack([draw(int(label), rng) for label in labels]), labels)
+    return out
+
+
 SHAPES = ("disc", "ring", "square", "frame", "triangle", "diamond", "pentagon", "star", "plus", "crescent")
 
 
@@ -152,18 +171,11 @@ def _shape(kind: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
         shift = 0.45 * radius
         cut = (centre[0] + shift * np.cos(angle), centre[1] + shift * np.sin(angle))
         draw.ellipse([cut[0] - radius, cut[1] - radius, cut[0] + radius, cut[1] + radius], fill=int(background))
-    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
-    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+    return _shrink_with_noise(image, size, rng)
 
 
 def shapes(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, count in (("train", train), ("test", test)):
-        labels = np.arange(count, dtype=np.int64) % len(SHAPES)
-        rng.shuffle(labels)
-        out[split] = (np.stack([_shape(int(k), rng) for k in labels]), labels)
-    return out
+    return _drawn_splits(_shape, len(SHAPES), seed, train, test)
 
 
 LETTERS = "ABEGKMRSWZ"
@@ -188,18 +200,11 @@ def _letter(kind: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     position = (rng.uniform(0.2, 0.8) * slack_x - left, rng.uniform(0.2, 0.8) * slack_y - top)
     draw.text(position, LETTERS[kind], font=font, fill=tuple(int(c) for c in foreground))
     image = image.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR, fillcolor=tuple(int(c) for c in background))
-    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
-    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+    return _shrink_with_noise(image, size, rng)
 
 
 def letters(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, count in (("train", train), ("test", test)):
-        labels = np.arange(count, dtype=np.int64) % len(LETTERS)
-        rng.shuffle(labels)
-        out[split] = (np.stack([_letter(int(k), rng) for k in labels]), labels)
-    return out
+    return _drawn_splits(_letter, len(LETTERS), seed, train, test)
 
 
 def _dots(count: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
@@ -222,18 +227,11 @@ def _dots(count: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     for centre, radius in placed:
         level = rng.uniform(150, 255) if background < 128 else rng.uniform(0, 105)
         draw.ellipse([centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius], fill=int(level))
-    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
-    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
+    return _shrink_with_noise(image, size, rng)
 
 
 def dots(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, count in (("train", train), ("test", test)):
-        labels = np.arange(count, dtype=np.int64) % 10
-        rng.shuffle(labels)
-        out[split] = (np.stack([_dots(int(k) + 1, rng) for k in labels]), labels)
-    return out
+    return _drawn_splits(lambda label, rng: _dots(label + 1, rng), 10, seed, train, test)
 
 
 BUILDERS = {

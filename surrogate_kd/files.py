@@ -72,12 +72,12 @@ def writable_file(path: Path, what: str = "output") -> Path:
     return path
 
 
-def claim_directory(out: Path, marker: str, what: str, overwrite: bool = False, inputs=(), ignore=()) -> bool:
+def claim_directory(out: Path, marker: str, what: str, overwrite: bool = False, inputs=(), ignore=()) -> None:
     """Refuse, with a one-line UserError, an output directory `out` that this command would lose
     something in: a file at that path, a directory holding one of `inputs` (what the command reads),
     a non-empty directory without `marker` (the file that says it holds `what`, e.g. a pool's
     manifest), or, unless `overwrite`, one that holds `what` already. `ignore`: names a directory
-    of ours may hold beside the marker (a lock file). Returns whether `out` holds `what` now.
+    of ours may hold beside the marker (a lock file).
 
     The one rule of every command that writes a directory (runs, pools, imported checkpoints)."""
     out = Path(out)
@@ -85,16 +85,15 @@ def claim_directory(out: Path, marker: str, what: str, overwrite: bool = False, 
         raise UserError(f"--out {out} exists and is a file; give a directory")
     refuse_inputs(out, inputs)
     if not out.is_dir():
-        return False
+        return
     if (out / marker).exists():
         if not overwrite:
             raise UserError(f"{out} already holds a {what}; choose another --out, or pass --overwrite to replace it")
-        return True
+        return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ignore)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
         raise UserError(f"{out} is not empty and holds no {what} (found {shown}); choose another --out")
-    return False
 
 
 def refuse_inputs(out: Path, inputs, why: str = "") -> None:
