@@ -27,7 +27,7 @@ import torch
 
 from . import parallel
 from .adapt import adapts_by_default
-from .batches import ArrayBatches, boundary_room, held_in_memory, make_batches
+from .batches import ArrayBatches, make_batches
 from .checkpoint import provenance
 from .config import BoundaryConfig, DataConfig, InputSpec
 from .data import DATASET_STATS, ImageSet, open_images
@@ -143,10 +143,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     teacher_model = load_teacher(teacher)
     boundary_why = "as given"
     if boundary_fraction is None:
-        selected = (per_class or 0) * teacher_model.num_classes or candidates
-        boundary_fraction, boundary_why = default_boundary_fraction(
-            kind, stream, getattr(teacher_model, "differentiable", True), held_in_memory(teacher_model.spec, selected),
-            boundary_room(teacher_model.spec, candidates))
+        boundary_fraction, boundary_why = default_boundary_fraction(kind, stream,
+                                                                    getattr(teacher_model, "differentiable", True))
     if boundary_every_epoch and not boundary_fraction:
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method)

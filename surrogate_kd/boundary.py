@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -244,24 +244,71 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
 
 # --------------------------------------------------------------------------- whole sets
 
-def boundary_samples(teacher: torch.nn.Module, take: Callable[[Tensor], Tensor], labels: Tensor,
-                     fraction: float = 1.0, seed: int = 0, **attack) -> tuple[ImageSet, dict]:
-    """Boundary samples from a random `fraction` of a set of len(labels) images, labelled with the teacher's argmax.
+def boundary_sample_parts(teacher: torch.nn.Module, take: Callable[[Tensor], Tensor], labels: Tensor,
+                          fraction: float = 1.0, seed: int = 0, part_size: int | None = None,
+                          **attack) -> Iterator[BoundaryResult]:
+    """Boundary samples from a random `fraction` of a set of len(labels) images, labelled with the
+    teacher's argmax: one BoundaryResult per part of at most `part_size` attacked images (None: one part).
 
     `take(positions)` fetches images of the set by position (a tensor's indexing, or candidates
-    rendered or read on demand), so only the attacked share is ever in memory. `labels` (N,) are
-    the teacher's argmax over the whole set: least-predicted targets balance its histogram, not
-    only the attacked part's. `attack`: keyword arguments of `boundary_pairs`; bisection pairs
-    each image with a partner among the attacked ones unless `partners` are given.
+    rendered or read on demand), so only one part of the attacked share is ever in memory. `labels`
+    (N,) are the teacher's argmax over the whole set: least-predicted targets balance its histogram,
+    not only the attacked part's, and each part's samples count for the parts after it. `attack`:
+    keyword arguments of `boundary_pairs`; bisection pairs each image with a partner among the
+    attacked ones of its part unless `partners` are given. `result.source` indexes the set.
     """
     if not 0 < fraction <= 1:
         raise UserError(f"fraction must be in (0, 1], got {fraction}")
     counts = class_histogram(labels, len(teacher.spec.classes))
     count = max(1, round(fraction * len(labels)))
     chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    result = boundary_pairs(teacher, take(chosen), seed=seed, class_counts=counts, **attack)
-    summary = {**result.summary, "fraction": fraction, "images_before": len(labels),
-               "images_after": len(labels) + len(result.labels)}
+    for number, positions in enumerate(chosen.split(part_size or count)):
+        # Part 0 takes the caller's seed: a set attacked in one part gets the samples it always got.
+        result = boundary_pairs(teacher, take(positions), seed=seed + number, class_counts=counts, **attack)
+        counts = counts + class_histogram(result.labels, len(counts))
+        result.source = positions[result.source]
+        yield result
+
+
+def merge_summaries(summaries: list[dict], fraction: float, images_before: int) -> dict:
+    """One attack's summary from its parts' (`boundary_sample_parts`): counts and seconds added,
+    rates weighted by what they are rates of, the histogram before the first part and after the last."""
+    samples = sum(s["samples"] for s in summaries)
+    whole = {"fraction": fraction, "images_before": images_before, "images_after": images_before + samples}
+    if len(summaries) == 1:
+        return {**summaries[0], **whole}
+    first, last = summaries[0], summaries[-1]
+    attacked = sum(s["attacked"] for s in summaries)
+    succeeded = sum(round(s["success_rate"] * s["attacked"]) for s in summaries)
+    pairs = sum(s["pairs"] for s in summaries)
+    seconds = sum(s["seconds"] for s in summaries)
+
+    def mean(key: str, weight: Callable[[dict], float]) -> float | None:
+        parts = [(s[key], weight(s)) for s in summaries if s.get(key) is not None and weight(s) > 0]
+        total = sum(w for _, w in parts)
+        return round(sum(v * w for v, w in parts) / total, 2) if total else None
+
+    merged = {**first, "attacked": attacked, "success_rate": round(succeeded / attacked, 4),
+              "mean_steps": mean("mean_steps", lambda s: s["success_rate"] * s["attacked"]),
+              "within_threshold": round(pairs / succeeded, 4) if succeeded else None,
+              "pairs": pairs, "samples": samples,
+              "mean_distance": mean("mean_distance", lambda s: s["pairs"]),
+              **{key: mean(key, lambda s: s["attacked"]) for key in ("gradients_per_image", "forwards_per_image")
+                 if key in first},
+              "class_histogram_after": last["class_histogram_after"],
+              "relative_entropy_after": last["relative_entropy_after"],
+              "seconds": round(seconds, 2), "samples_per_second": round(samples / max(seconds, 1e-9), 1)}
+    if "unreachable" in first:
+        merged["unreachable"] = sum(s["unreachable"] for s in summaries)
+    return {**merged, "parts": len(summaries), **whole}
+
+
+def boundary_samples(teacher: torch.nn.Module, take: Callable[[Tensor], Tensor], labels: Tensor,
+                     fraction: float = 1.0, seed: int = 0, **attack) -> tuple[ImageSet, dict]:
+    """Boundary samples from a random `fraction` of a set of len(labels) images, in one part and
+    in memory (`boundary_sample_parts`), and the attack's summary."""
+    result = next(boundary_sample_parts(teacher, take, labels, fraction, seed, **attack))
+    summary = merge_summaries([result.summary], fraction, len(labels))
     return ImageSet(result.images, result.labels, teacher.spec.classes, "boundary"), summary
 
 

@@ -197,9 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--stream", "fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0",
          action="store_true")
     _add(p, c, "--boundary-fraction", "attack this fraction of the candidates for decision-boundary samples "
-                                      f"(paper Sect. 4.1; default: {BOUNDARY_FRACTION:g} for a fixed synthetic set held in "
-                                      "memory of a teacher with gradients, less where its samples would not fit, "
-                                      "else 0)", type=float)
+                                      f"(paper Sect. 4.1; default: {BOUNDARY_FRACTION:g} for a fixed synthetic set of a "
+                                      "teacher with gradients, else 0)", type=float)
     _add(p, c, "--boundary-targets", "class each boundary pair is pushed towards",
          choices=["random", "nearest", "least-predicted"])
     _add(p, c, "--boundary-method", "how boundary pairs are found: gradient (signed-gradient attack), bisection "

@@ -17,8 +17,8 @@ studies' budgets it left students far behind (synthetic 0.23-0.42x the original 
 against 0.38-0.79x; real data on a digit teacher 0.759 against 0.954).
 
 A fixed synthetic set also gets the paper's decision-boundary samples (boundary.py) from
-BOUNDARY_FRACTION of its candidates, when the teacher has gradients and the set is held in
-memory (study 4 in docs/recipe.md: seven teachers, three seeds).
+BOUNDARY_FRACTION of its candidates when the teacher has gradients (study 4 in docs/recipe.md:
+seven teachers of six domains, two seeds).
 """
 
 from typing import Any, Callable
@@ -72,22 +72,16 @@ def distill_recipe(kind: str, budget_images: "int | None" = None) -> TrainConfig
     return TrainConfig(**{**SHORT_SCHEDULE, **(LONG_SCHEDULE if long else {})})
 
 
-def boundary_fraction(kind: str, stream: bool, differentiable: bool, held_in_memory: bool,
-                      room: float = 1.0) -> tuple[float, str]:
+def boundary_fraction(kind: str, stream: bool, differentiable: bool) -> tuple[float, str]:
     """The share of the candidates attacked for boundary samples when the caller does not say, and
-    why: BOUNDARY_FRACTION for a fixed synthetic set of a teacher with gradients that is held in
-    memory, at most `room` (the share whose samples fit in memory beside it); 0 for real data and
-    black-box teachers (not measured), --stream (no fixed set) and a set stored on disk (its
-    samples would have to be held beside it)."""
+    why: BOUNDARY_FRACTION for a fixed synthetic set of a teacher with gradients; 0 for real data
+    and black-box teachers (not measured) and --stream (no fixed set)."""
     if kind != "synthetic":
         return 0.0, "none for real data"
-    for off, reason in ((stream, "--stream draws fresh images"), (not differentiable, "the teacher has no gradients"),
-                        (not held_in_memory, "the set is stored on disk")):
+    for off, reason in ((stream, "--stream draws fresh images"), (not differentiable, "the teacher has no gradients")):
         if off:
             return 0.0, f"none: {reason}"
-    fraction = min(BOUNDARY_FRACTION, room)
-    capped = f", {BOUNDARY_FRACTION:g} capped to keep the samples in memory" if fraction < BOUNDARY_FRACTION else ""
-    return fraction, f"from {fraction:.3g} of the candidates (synthetic data, docs/recipe.md study 4{capped})"
+    return BOUNDARY_FRACTION, f"from {BOUNDARY_FRACTION:g} of the candidates (synthetic data, docs/recipe.md study 4)"
 
 
 def distill_config(kind: str, layers: Callable[[TrainConfig], TrainConfig]) -> TrainConfig:

@@ -97,15 +97,12 @@ def test_every_command_is_a_library_function_with_the_same_options():
 
 
 def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
-    assert boundary_fraction("synthetic", False, True, True)[0] == BOUNDARY_FRACTION > 0
-    for off in (("real", False, True, True),  # real data: not measured
-                ("synthetic", True, True, True),  # --stream: no fixed set to add them to
-                ("synthetic", False, False, True),  # a black box: no gradients to attack with
-                ("synthetic", False, True, False)):  # a set stored on disk: they would be held beside it
+    assert boundary_fraction("synthetic", False, True)[0] == BOUNDARY_FRACTION > 0
+    for off in (("real", False, True),  # real data: not measured
+                ("synthetic", True, True),  # --stream: no fixed set to add them to
+                ("synthetic", False, False)):  # a black box: no gradients to attack with
         fraction, reason = boundary_fraction(*off)
         assert fraction == 0 and reason.startswith("none"), off
-    fraction, reason = boundary_fraction("synthetic", False, True, True, room=BOUNDARY_FRACTION / 10)
-    assert fraction == BOUNDARY_FRACTION / 10 and "capped to keep the samples in memory" in reason
 
 
 def test_distill_adds_boundary_samples_unless_told_not_to(tmp_path, tiny_dataset, capsys):
@@ -122,17 +119,3 @@ def test_distill_adds_boundary_samples_unless_told_not_to(tmp_path, tiny_dataset
     assert "boundary samples: as given" in capsys.readouterr().err
     real = api.distill(weights, str(tiny_dataset), tmp_path / "real", candidates=64, per_class=8, **TINY_API)
     assert "boundary" not in real and "boundary samples: none for real data" in capsys.readouterr().err
-
-
-def test_default_boundary_samples_fit_in_memory_beside_the_set():
-    from surrogate_kd.batches import MAX_IN_MEMORY_BYTES, boundary_room, held_in_memory
-    from surrogate_kd.config import InputSpec
-
-    def spec(size, channels, classes=10):
-        return InputSpec(size, channels, (0.5,) * channels, (0.5,) * channels, tuple(map(str, range(classes))))
-
-    small, large = spec(28, 1), spec(224, 3)
-    assert boundary_room(small, 50_000) >= BOUNDARY_FRACTION, "28 px: the whole default share fits"
-    room = boundary_room(large, 50_000)
-    assert 4 * room * 50_000 * 3 * 224 ** 2 <= MAX_IN_MEMORY_BYTES and room < BOUNDARY_FRACTION / 10
-    assert held_in_memory(small, 20_000) and not held_in_memory(large, 20_000), "224 px x 20,000: stored on disk"

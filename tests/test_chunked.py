@@ -9,7 +9,7 @@ from conftest import raises_one_line
 
 from surrogate_kd import batches as batches_module
 from surrogate_kd import teacher as teacher_module
-from surrogate_kd.boundary import add_boundary_samples
+from surrogate_kd.boundary import add_boundary_samples, boundary_sample_parts, merge_summaries
 from surrogate_kd.batches import ArrayBatches, PoolBatches, build_distillation_set, make_batches
 from surrogate_kd.config import BoundaryConfig, DataConfig
 from surrogate_kd.pool import Pool, write_pool
@@ -96,8 +96,8 @@ def test_a_large_set_lives_on_disk_is_read_per_batch_and_reused(planted, tmp_pat
     make_batches(teacher, config, 16, 0, CPU, store=tmp_path / "run" / "selection")
     assert torch.equal(Pool(tmp_path / "run" / "selection").labels, pool.labels), "or where the caller says"
     raises_one_line(lambda: make_batches(teacher, DataConfig(data, candidates=0, per_class=8,
-                                                             boundary=BoundaryConfig(0.5)), 16, 0, CPU),
-                    "boundary samples need the distillation set in memory", "per_class")
+                                                             boundary=BoundaryConfig(0.5, every_epoch=True)), 16, 0, CPU),
+                    "boundary samples every epoch need the distillation set in memory", "per_class")
 
 
 def test_boundary_samples_fill_a_rare_class_with_new_images(planted, tmp_path, monkeypatch):
@@ -134,6 +134,66 @@ def test_boundary_samples_join_every_candidate_before_selection_as_in_memory(pla
     index = balanced_indices(extended.labels, 4, 10, seed=0)
     assert info["boundary"]["images_before"] == 65 and info["boundary"]["samples"] > 0
     assert torch.equal(chunked.images, extended.images[index]) and torch.equal(chunked.labels, extended.labels[index])
+
+
+def test_a_set_on_disk_gets_boundary_samples_attacked_in_parts(planted, tmp_path, monkeypatch):
+    """A set too large for memory (the 224 px case) still gets boundary samples: attacked a part at a
+    time, written to a scratch pool, balanced with the candidates, the set written with their labels."""
+    small_chunks(monkeypatch, 10)
+    data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
+    teacher = planted.teacher()
+    monkeypatch.setattr(batches_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 40 selected: on disk
+    monkeypatch.setattr(batches_module, "CACHE_DIR", tmp_path / "cache")
+    attack = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5)
+    pool, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=attack), 0, CPU,
+                                        store=tmp_path / "run" / "selection")
+    assert isinstance(pool, Pool) and len(pool) == 40
+    assert info["boundary"]["parts"] == 11 and info["boundary"]["attacked"] == 65, "6 attacked a part: 31 // 5"
+    assert info["boundary"]["samples"] > 0 and info["boundary"]["images_after"] == 65 + info["boundary"]["samples"]
+    images = pool.images(0, 40)
+    assert class_histogram(pool.labels, 4).tolist() == [10, 10, 10, 10]
+    assert torch.equal(teacher.net(images.float() / 255).argmax(1), pool.labels), "labels = the teacher's argmax"
+    assert images[pool.labels == 1].unique(dim=0).shape[0] > 3, "the rare class gets new images, not 3 copies"
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["selection"], "the scratch samples are deleted"
+
+
+def test_samples_on_disk_are_the_samples_the_parts_made(planted, tmp_path, monkeypatch):
+    """A set held in memory whose samples are not (many attacked images): the set is the selection
+    over the candidates and every part's samples, image for image, read back from the scratch pool."""
+    small_chunks(monkeypatch, 10)
+    data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
+    teacher = planted.teacher()
+    monkeypatch.setattr(batches_module, "MAX_IN_MEMORY_BYTES", 40 * IMAGE_BYTES)  # the set fits, 8 attacked a part
+    monkeypatch.setattr(batches_module, "CACHE_DIR", tmp_path / "cache")
+    attack = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5)
+    chosen, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=attack), 0, CPU)
+    images, logits = load_candidates(teacher, data, 0, 0)
+    parts = list(boundary_sample_parts(teacher, images.images.__getitem__, logits.argmax(1), 1.0, seed=0, part_size=8,
+                                       **attack.attack()))
+    assert len(parts) == info["boundary"]["parts"] == 9
+    everything = torch.cat([images.images, *(p.images for p in parts)])
+    labels = torch.cat([logits.argmax(1), *(p.labels for p in parts)])
+    index = balanced_indices(labels, 4, 10, seed=0)
+    assert torch.equal(chosen.images, everything[index]) and torch.equal(chosen.labels, labels[index])
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [], "the scratch samples are deleted"
+
+
+def test_a_part_counts_the_samples_of_the_parts_before_it(planted):
+    """Least-predicted targets fill the rare classes across parts, not once per part."""
+    teacher = planted.teacher()
+    labels = torch.tensor([0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
+    images = torch.from_numpy(planted.images(labels.tolist())).unsqueeze(1)
+    parts = list(boundary_sample_parts(teacher, images.__getitem__, labels, 1.0, seed=0, part_size=16,
+                                       targets="least-predicted", max_steps=40, epsilon=0.5))
+    merged = merge_summaries([p.summary for p in parts], 1.0, len(labels))
+    assert merged["class_histogram_before"] == [30, 3, 12, 20]
+    assert merged["class_histogram_after"] == (class_histogram(labels, 4)
+                                               + class_histogram(torch.cat([p.labels for p in parts]), 4)).tolist()
+    assert merged["attacked"] == 65 and merged["samples"] == sum(len(p.labels) for p in parts)
+    assert parts[1].summary["class_histogram_before"] == parts[0].summary["class_histogram_after"]
+    for part in parts:  # `source` indexes the whole set: each pair starts within epsilon of its image
+        pre, _ = part.part("pre")
+        assert (pre.int() - images[part.source].int()).abs().amax() <= round(0.5 * 255)
 
 
 def test_candidate_errors_are_one_line(planted, tmp_path):
