@@ -34,10 +34,11 @@ from .data import DATASET_STATS, ImageSet, open_images
 from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .recipe import data_kind as default_data_kind
+from .recipe import CANDIDATES, PER_CLASS, describe, distill_config, resolve, teacher_recipe, why
 from .recipe import boundary_fraction as default_boundary_fraction
-from .recipe import describe, distill_config, resolve, teacher_recipe, why
+from .recipe import data_kind as default_data_kind
 from .rundir import RunDir
+from .select import DEFAULT_CAP
 from .runtime import evaluate_logits, predict, resolve_device
 from .teacher import is_source, load_teacher, teacher_fingerprint
 
@@ -115,7 +116,7 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
 
 
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
-            candidates: int = 50000, per_class: int | None = 2000, stream: bool = False,
+            candidates: int = CANDIDATES, per_class: int | None = PER_CLASS, stream: bool = False,
             boundary_fraction: float | None = None, boundary_targets: str = "least-predicted",
             boundary_every_epoch: bool = False, boundary_method: str = "auto", adapt: bool | None = None,
             params: dict | None = None, data_kind: str | None = None,
@@ -202,7 +203,7 @@ def evaluate(model: str | Path, data: str, teacher: str | Path | None = None, de
 # --------------------------------------------------------------------------- the other commands, by the same names
 
 def select(teacher, data: str, out: str | Path, per_class: int, total: int | None = None,
-           long_tail: float | None = None, cap: int = 50000, candidates: int = 50000, seed: int = 0,
+           long_tail: float | None = None, cap: int = DEFAULT_CAP, candidates: int = CANDIDATES, seed: int = 0,
            device: str = "auto", overwrite: bool = False, download: bool = False) -> dict:
     """The teacher-balanced set D_K (or a long-tail one) drawn from `data`, written as a pool (select.select)."""
     from . import select as selection

@@ -130,8 +130,8 @@ class DataConfig:
     """
 
     data: str
-    candidates: int = 50000
-    per_class: int | None = 2000
+    candidates: int  # the library's default: recipe.CANDIDATES
+    per_class: int | None  # recipe.PER_CLASS
     stream: bool = False
     source_params: tuple[tuple[str, Any], ...] = ()
     boundary: BoundaryConfig | None = None

@@ -12,6 +12,7 @@ import torch
 
 from .errors import UserError
 from .pool import write_pool
+from .recipe import CANDIDATES
 from .runtime import predict, resolve_device
 from .teacher import Candidates, class_histogram, load_teacher, relative_entropy, scan_candidates, teacher_fingerprint
 
@@ -97,7 +98,7 @@ def balanced_indices(predictions: torch.Tensor, num_classes: int, per_class: int
 
 
 def select(teacher, data: str, out: str | Path, per_class: int, total: int | None = None, long_tail: float | None = None,
-           cap: int = DEFAULT_CAP, seed: int = 0, candidates: int = 50000, device: str = "auto", batch_size: int = 1024,
+           cap: int = DEFAULT_CAP, seed: int = 0, candidates: int = CANDIDATES, device: str = "auto", batch_size: int = 1024,
            overwrite: bool = False, download: bool = False) -> dict:
     """Write the teacher-guided set D_K drawn from `data` as a pool at `out` (paper Sect. 3.2).
 

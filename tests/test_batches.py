@@ -69,7 +69,7 @@ def test_online_balancing_keeps_quotas_and_is_a_function_of_step(planted):
 
 def test_make_batches_picks_the_stream_the_data_description_asks_for(planted, tmp_path):
     teacher = planted.teacher()
-    online, _ = make_batches(teacher, DataConfig("noise", stream=True, per_class=8), 16, 0, CPU)
+    online, _ = make_batches(teacher, DataConfig("noise", 1000, per_class=8, stream=True), 16, 0, CPU)
     assert isinstance(online, OnlineBalancedBatches) and online.steps_per_epoch == 2  # 8 per class x 4 classes
     fresh, _ = make_batches(teacher, DataConfig("noise", candidates=64, per_class=None, stream=True), 16, 0, CPU)
     assert isinstance(fresh, SourceBatches) and fresh.steps_per_epoch == 4
@@ -83,4 +83,4 @@ def test_make_batches_picks_the_stream_the_data_description_asks_for(planted, tm
     counts = class_histogram(labels, 4)
     assert counts[3] == 0 and sorted(counts[:3].tolist()) == [10, 11, 11], "balanced by the teacher's answers"
     with pytest.raises(UserError, match="needs an image source"):
-        make_batches(teacher, DataConfig(data, stream=True), 16, 0, CPU)
+        make_batches(teacher, DataConfig(data, 1000, None, stream=True), 16, 0, CPU)
