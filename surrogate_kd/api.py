@@ -204,14 +204,16 @@ def evaluate(model: str | Path, data: str, teacher: str | Path | None = None, de
 
 def select(teacher, data: str, out: str | Path, per_class: int, total: int | None = None,
            long_tail: float | None = None, cap: int = DEFAULT_CAP, candidates: int = CANDIDATES, seed: int = 0,
-           device: str = "auto", overwrite: bool = False, download: bool = False) -> dict:
-    """The teacher-balanced set D_K (or a long-tail one) drawn from `data`, written as a pool (select.select)."""
+           device: str = "auto", overwrite: bool = False, download: bool = False, adapt: bool | None = None) -> dict:
+    """The teacher-balanced set D_K (or a long-tail one) drawn from `data`, written as a pool (select.select);
+    shaders adapt to the teacher as in `distill` (`adapt`: None for distill's rule)."""
     from . import select as selection
     from .pool import claim_output
 
     claim_output(Path(out), overwrite)  # a taken --out fails now, not after the teacher saw every candidate
     return selection.select(teacher, data, out, per_class, total=total, long_tail=long_tail, cap=cap, seed=seed,
-                            candidates=candidates, device=device, overwrite=overwrite, download=download)
+                            candidates=candidates, device=device, overwrite=overwrite, download=download,
+                            adapt=adapt)
 
 
 def score(teacher, data: list[str], out: str | Path | None = "runs/score", candidates: int = 10000, seed: int = 0,

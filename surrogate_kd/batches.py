@@ -347,9 +347,10 @@ def _boundary_samples(teacher, candidates: Candidates, predictions: torch.Tensor
         for result in parts:
             results.append(result)
             yield result.images
+            result.images = None  # written: only the labels and summary are kept
 
     if in_memory:
-        samples = torch.cat(list(images()))
+        samples = next(images())  # the one part
     else:
         pool = scratch / "samples"
         write_pool(pool, images(), {"source": "boundary-samples", "seed": seed})

@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
     _add(p, c, "--download", "allow downloading named datasets", action="store_true")
+    _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first, as distill does "
+                          "(default: distill's rule, on for teachers of up to 100 classes; --no-adapt: plain shaders)",
+         action=argparse.BooleanOptionalAction)
     p.set_defaults(func=cmd_select)
 
     c = "split"

@@ -12,6 +12,7 @@ import torch
 
 from .errors import UserError
 from .pool import write_pool
+from .adapt import adapted_params, adapts_by_default
 from .recipe import CANDIDATES
 from .runtime import predict, resolve_device
 from .teacher import Candidates, class_histogram, load_teacher, relative_entropy, scan_candidates, teacher_fingerprint
@@ -99,13 +100,15 @@ def balanced_indices(predictions: torch.Tensor, num_classes: int, per_class: int
 
 def select(teacher, data: str, out: str | Path, per_class: int, total: int | None = None, long_tail: float | None = None,
            cap: int = DEFAULT_CAP, seed: int = 0, candidates: int = CANDIDATES, device: str = "auto", batch_size: int = 1024,
-           overwrite: bool = False, download: bool = False) -> dict:
+           overwrite: bool = False, download: bool = False, adapt: bool | None = None) -> dict:
     """Write the teacher-guided set D_K drawn from `data` as a pool at `out` (paper Sect. 3.2).
 
     `total` images (default per_class x classes, at most `cap`) split evenly over the classes the
     teacher predicts, or with `long_tail=RATIO` decaying geometrically from the most to the least
     predicted class. The pool holds copies of the images, labels = teacher argmax and the
-    teacher's logits, so `distill` reads it without asking the teacher again.
+    teacher's logits, so `distill` reads it without asking the teacher again. Shaders are steered by
+    the teacher first when `adapt` (None: `distill`'s rule, adapt.adapts_by_default), so `select`
+    draws the candidates `distill` would.
     """
     if per_class <= 0:
         raise UserError(f"per-class count must be positive, got {per_class}")
@@ -115,6 +118,8 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
         raise UserError(f"candidates must be >= 0 (0: all of a stored set), got {candidates}")
     if long_tail is not None and not long_tail >= 1:
         raise UserError(f"long-tail ratio (largest / smallest quota) must be >= 1, got {long_tail}")
+    if adapt and data != "shaders":
+        raise UserError(f"adapt steers shader programs; '{data}' is not shaders")
     model = load_teacher(teacher)
     num_classes = model.num_classes
     requested = total if total is not None else per_class * num_classes
@@ -122,7 +127,12 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
         raise UserError(f"total must be positive, got {requested}")
     kept_total = min(requested, cap)
     dev = resolve_device(device)
-    found = Candidates(model.spec, data, candidates, seed, download)
+    adapted = {}
+    if adapts_by_default(data, num_classes) if adapt is None else adapt:
+        params, adapted = adapted_params(model, {}, seed, dev)
+        found = Candidates(model.spec, data, candidates, seed, download, params)
+    else:
+        found = Candidates(model.spec, data, candidates, seed, download)
     predictions = torch.from_numpy(scan_candidates(model, found, dev, batch_size)["predicted"]).long()
     counts = class_histogram(predictions, num_classes)
     generator = torch.Generator().manual_seed(seed)
@@ -132,10 +142,11 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
     manifest = {"source": "selection", "seed": seed, "classes": list(model.spec.classes),
                 "teacher": str(teacher) if not isinstance(teacher, torch.nn.Module) else model.arch,
                 "params": {"data": data, "per_class": per_class, "total": kept_total, "long_tail": long_tail,
-                           "cap": cap, "candidates": len(found)}}
+                           "cap": cap, "candidates": len(found), "adapt": adapted or None}}
     path = write_selection(model, found, index, predictions[index], out, manifest, dev, batch_size, overwrite)
     selected = class_histogram(predictions[index], num_classes)
-    return {"out": str(path), "data": data, "candidates": len(found), "selected": len(index),
+    return {"out": str(path), "data": data, **({"adapt": adapted} if adapted else {}),
+            "candidates": len(found), "selected": len(index),
             "capped": requested > cap, "replicated": len(index) - int(index.unique().numel()),
             "relative_entropy_candidates": round(relative_entropy(counts), 4),
             "relative_entropy_selected": round(relative_entropy(selected), 4),

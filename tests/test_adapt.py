@@ -148,3 +148,20 @@ def test_score_measures_shaders_as_distill_renders_them(teacher):
     assert steered["relative_entropy"] > plain["relative_entropy"] + 0.1
     with pytest.raises(UserError, match="none of noise is shaders"):
         score(teacher, ["noise"], candidates=64, device="cpu", adapt=True)
+
+
+def test_select_draws_the_shaders_distill_would(teacher, tmp_path):
+    """`select --data shaders` steers the programs like `distill` (default for <= 100 classes): its
+    pool has the candidates' evener histogram; --no-adapt selects from plain shaders."""
+    from surrogate_kd.errors import UserError
+    from surrogate_kd.pool import Pool
+    from surrogate_kd.select import select
+
+    steered = select(teacher, "shaders", tmp_path / "steered", per_class=64, candidates=512, device="cpu")
+    plain = select(teacher, "shaders", tmp_path / "plain", per_class=64, candidates=512, device="cpu", adapt=False)
+    assert steered["adapt"]["forward_passes"] > 0 and "adapt" not in plain
+    assert steered["relative_entropy_candidates"] > plain["relative_entropy_candidates"] + 0.1
+    assert steered["replicated"] < plain["replicated"], "fewer copies of the rare classes' images"
+    assert Pool(tmp_path / "steered").manifest["params"]["adapt"]["forward_passes"] > 0, "recorded in the pool"
+    with pytest.raises(UserError, match="'noise' is not shaders"):
+        select(teacher, "noise", tmp_path / "noise", per_class=8, candidates=64, device="cpu", adapt=True)

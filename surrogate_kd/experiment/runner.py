@@ -24,7 +24,7 @@ def _distill(long_tail: float | None = None, pool: str | None = None, **kwargs) 
     teacher = load_teacher(kwargs["teacher"])
     wanted = {"teacher_fingerprint": teacher_fingerprint(teacher), "data": kwargs["data"],
               "per_class": kwargs["per_class"], "long_tail": long_tail, "candidates": kwargs["candidates"],
-              "seed": kwargs["config"].seed}
+              "seed": kwargs["config"].seed, "adapt": kwargs.get("adapt")}
     summary_file = Path(pool + ".json")
     try:
         summary = json.loads(summary_file.read_text())
@@ -35,7 +35,7 @@ def _distill(long_tail: float | None = None, pool: str | None = None, **kwargs) 
     if summary is None:
         summary = api.select(teacher, kwargs["data"], pool, kwargs["per_class"], long_tail=long_tail,
                              candidates=kwargs["candidates"], seed=wanted["seed"], overwrite=True,
-                             download=kwargs.get("download", False))
+                             download=kwargs.get("download", False), adapt=wanted["adapt"])
         summary = {"wanted": wanted, **{k: v for k, v in summary.items() if k != "out"}}
         atomic_write_text(summary_file, json.dumps(summary, indent=2))
     # The long-tailed pool is the whole set (the spec allows no boundary samples beside it).
