@@ -14,7 +14,7 @@ parent prints both and the difference. Bar: factor 5 within +300 MB of the basel
 does not fall within a process, so every measurement needs its own process. Prints one JSON object.
 
 The bar is the selection's: boundary samples are off unless --boundary-fraction is given. They
-hold the attacked images and their samples in memory up to batches.MAX_IN_MEMORY_BYTES, and
+hold the attacked images and their samples in memory up to select.MAX_IN_MEMORY_BYTES, and
 beyond it attack in parts of that size, each written to disk: their memory grows with the
 candidates up to that bound, then stays flat (measure it with --boundary-fraction).
 """
@@ -38,13 +38,13 @@ def child(args: argparse.Namespace) -> None:
     """One run in this process; prints {"peak_rss_mb": ..., ...} as its last line."""
     import torch
 
-    from surrogate_kd import api, batches
+    from surrogate_kd import api, select
     from surrogate_kd.checkpoint import save_model
     from surrogate_kd.config import InputSpec
     from surrogate_kd.models import build_model
 
     if args.max_in_memory_mb:  # a smaller bound, to see the parts at a small scale
-        batches.MAX_IN_MEMORY_BYTES = args.max_in_memory_mb << 20
+        select.MAX_IN_MEMORY_BYTES = args.max_in_memory_mb << 20
     torch.manual_seed(0)
     spec = InputSpec(64, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                      tuple(f"class{i}" for i in range(args.classes)))
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--boundary-fraction", type=float, default=0.0,
                         help="boundary samples from this share of the candidates (distill's default: 0.5)")
     parser.add_argument("--max-in-memory-mb", type=int, default=0,
-                        help="batches.MAX_IN_MEMORY_BYTES in MiB for the runs (0: the library's, 1,024)")
+                        help="select.MAX_IN_MEMORY_BYTES in MiB for the runs (0: the library's, 1,024)")
     parser.add_argument("--budget", type=int, default=256, help="training images (a tiny budget)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--teacher", default="convnet_tiny", help="a registered architecture, random weights")

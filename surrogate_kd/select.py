@@ -1,19 +1,32 @@
-"""Teacher-guided distillation sets: the quotas of the paper's D_K, and `select`, which writes one as a pool.
+"""Teacher-guided distillation sets: the quotas of the paper's D_K, `select`, which writes one as a
+pool, and `build_distillation_set`, which chooses the fixed set a `distill` run trains on.
 
 Paper Sect. 3.2, Eq. 1: for every class c_i the teacher predicts, draw N_i images at random from
 those predicted as c_i; replicate a class predicted fewer than N_i times up to N_i; skip a class
 never predicted and draw its share from the other classes, so the total is kept.
-docs/selection.md describes the quotas, the long-tail variant (Table 4) and the online stream.
+docs/selection.md describes the quotas, the long-tail variant (Table 4), the two passes over the
+candidates, where a set and its boundary samples live (memory or disk) and the online stream.
 """
 
+import hashlib
+import json
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .errors import UserError
-from .pool import write_pool
+from . import parallel
 from .adapt import adapted_params, adapts_by_default
+from .boundary import boundary_sample_parts, merge_summaries
+from .config import DataConfig
+from .data import CACHE_DIR, ImageSet
+from .errors import UserError
+from .pool import Pool, write_pool
 from .recipe import CANDIDATES
+from .report import rare_classes
 from .runtime import predict, resolve_device
 from .teacher import Candidates, class_histogram, load_teacher, relative_entropy, scan_candidates, teacher_fingerprint
 
@@ -174,3 +187,168 @@ def write_selection(teacher, candidates: Candidates, index: torch.Tensor, labels
     # write_pool saves `logits` after the last image batch: by then every row is filled.
     return write_pool(out, chunks(), {**manifest, "teacher_fingerprint": teacher_fingerprint(teacher)},
                       labels=labels, logits=logits, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- the set a distillation run trains on
+
+# A distillation set larger than this is written to a pool on disk and read batch by batch; below
+# it, it is held in memory (e.g. 1,000 classes x 50 images at 64 px RGB: 614 MB, in memory). Boundary
+# samples too: attacked in parts whose images and samples fit in it, and written to disk when all of
+# them would not (e.g. 25,000 images attacked at 224 px RGB: up to 15 GB of samples).
+MAX_IN_MEMORY_BYTES = 1 << 30
+SAMPLES_PER_ATTACK = 4  # a kept pair and its two deeper copies (boundary.ROLES)
+
+
+def held_in_memory(spec, selected: int) -> bool:
+    """Whether a distillation set of `selected` images in the teacher's input spec is held in
+    memory (else it is written to a pool on disk and read batch by batch)."""
+    return selected * spec.channels * spec.size ** 2 <= MAX_IN_MEMORY_BYTES
+
+
+def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.device, download: bool = False,
+                           with_boundary: bool = True, store: Path | None = None) -> tuple[ImageSet | Pool, dict]:
+    """Surrogate images in the teacher's input spec, teacher-balanced when `data.per_class` is set.
+
+    In two passes whose memory does not grow with the candidates (docs/selection.md): pass 1 runs
+    the teacher over the candidates a chunk at a time and keeps each one's top-1 class; the
+    selection (`balanced_indices`) picks positions; pass 2 fetches only the chosen images (sources
+    re-render them, pools are read from disk). A set of more than MAX_IN_MEMORY_BYTES is written
+    as a pool at `store` (default: keyed by teacher and data under the cache directory, so a
+    resumed or repeated run reuses it without a teacher pass) and returned as that Pool.
+
+    Boundary samples (unless every_epoch) are made from a random `fraction` of the candidates,
+    fetched by position, and join them before selection, so that least-predicted targets fill the
+    classes the candidates lack with new images rather than with copies (the paper's "force these
+    properties"). Returns the set and what the teacher made of the candidates.
+    """
+    spec = teacher.spec
+    candidates = Candidates(spec, data.data, data.candidates, seed, download, dict(data.source_params))
+    selected = data.per_class * len(spec.classes) if data.per_class else len(candidates)  # balanced_indices' total
+    boundary = data.boundary if with_boundary else None
+    if not held_in_memory(spec, selected):
+        if data.boundary and data.boundary.every_epoch:
+            raise UserError(f"boundary samples every epoch need the distillation set in memory; {selected} images "
+                            f"at {spec.size} px are over {MAX_IN_MEMORY_BYTES >> 20} MiB: lower per_class")
+        with parallel.local_main_first():  # one process per machine writes it; the others then reuse it
+            return _stored_selection(teacher, candidates, data, seed, device, store)
+    with _scratch(CACHE_DIR if boundary else None) as scratch:
+        info, chosen, labels, index = _selection(teacher, candidates, data.per_class, boundary, seed, device, scratch)
+        return ImageSet(chosen.take(index), labels[index], spec.classes, candidates.name), info
+
+
+@contextmanager
+def _scratch(parent: Path | None):
+    """A directory under `parent` for boundary samples too many for memory, deleted on the way out."""
+    if parent is None:
+        yield None
+        return
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".boundary-samples-", dir=parent) as path:
+        yield Path(path)
+
+
+def _selection(teacher, candidates: Candidates, per_class: int | None, boundary, seed: int, device: torch.device,
+               scratch: Path | None) -> tuple[dict, "Candidates | _WithSamples", torch.Tensor, torch.Tensor]:
+    """Pass 1, boundary samples if asked for, and the selection: what the teacher made of the
+    candidates, what the set is chosen from (the candidates, then the samples), the teacher's top-1
+    class of each (N,), and the chosen positions (S,) (all of them without per_class)."""
+    classes = list(teacher.spec.classes)
+    scan = scan_candidates(teacher, candidates, device)
+    predictions = torch.from_numpy(scan["predicted"]).long()
+    counts = class_histogram(predictions, len(classes))
+    info = {"candidates": len(candidates), "relative_entropy": round(relative_entropy(counts), 4),
+            "class_histogram": counts.tolist(), "rare_classes": rare_classes(counts.tolist(), classes),
+            "mean_max_softmax": round(float(scan["max_softmax"].mean(dtype=np.float64)), 4)}
+    chosen, labels = candidates, predictions
+    if boundary is not None:
+        samples, sample_labels, info["boundary"] = _boundary_samples(teacher, candidates, predictions, boundary,
+                                                                      seed, device, scratch)
+        chosen, labels = _WithSamples(candidates, samples), torch.cat([predictions, sample_labels])
+        info["relative_entropy_with_boundary"] = round(relative_entropy(class_histogram(labels, len(classes))), 4)
+    if not per_class:
+        return info, chosen, labels, torch.arange(len(labels))
+    index = balanced_indices(labels, len(classes), per_class, seed=seed)
+    info["selected"] = len(index)
+    return info, chosen, labels, index
+
+
+def _boundary_samples(teacher, candidates: Candidates, predictions: torch.Tensor, boundary, seed: int,
+                      device: torch.device, scratch: Path) -> tuple["torch.Tensor | Pool", torch.Tensor, dict]:
+    """Boundary samples from `boundary.fraction` of the candidates: their images (in memory, or a
+    pool in `scratch` when up to SAMPLES_PER_ATTACK per attacked image would not fit), labels and summary.
+
+    In memory the whole share is attacked at once; on disk in parts of what memory holds, each
+    part's samples written before the next part is attacked."""
+    spec = teacher.spec
+    image_bytes = spec.channels * spec.size ** 2
+    attacked = max(1, round(boundary.fraction * len(predictions)))
+    per_part = MAX_IN_MEMORY_BYTES // ((1 + SAMPLES_PER_ATTACK) * image_bytes)  # attacked images and their samples
+    in_memory = attacked <= per_part
+    parts = boundary_sample_parts(teacher, candidates.take, predictions, boundary.fraction, seed=seed,
+                                  part_size=None if in_memory else max(1, per_part), device=device,
+                                  **boundary.attack())
+    results = []
+
+    def images():
+        for result in parts:
+            results.append(result)
+            yield result.images
+            result.images = None  # written: only the labels and summary are kept
+
+    if in_memory:
+        samples = next(images())  # the one part
+    else:
+        pool = scratch / "samples"
+        write_pool(pool, images(), {"source": "boundary-samples", "seed": seed})
+        samples = Pool(pool)
+    summary = merge_summaries([r.summary for r in results], boundary.fraction, len(predictions))
+    return samples, torch.cat([r.labels for r in results]), summary
+
+
+class _WithSamples:
+    """The candidates followed by their boundary samples: position N + j is sample j (a tensor or a pool)."""
+
+    def __init__(self, candidates: Candidates, samples: "torch.Tensor | Pool"):
+        self.candidates, self.samples, self.spec = candidates, samples, candidates.spec
+
+    def __len__(self) -> int:
+        return len(self.candidates) + len(self.samples)
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, C, H, W) at positions (n,), in that order (repeats allowed)."""
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        is_sample = positions >= len(self.candidates)
+        spec = self.spec
+        images = torch.empty((len(positions), spec.channels, spec.size, spec.size), dtype=torch.uint8)
+        if (~is_sample).any():
+            images[~is_sample] = self.candidates.take(positions[~is_sample])
+        if is_sample.any():
+            rows = positions[is_sample] - len(self.candidates)
+            images[is_sample] = self.samples[rows] if isinstance(self.samples, torch.Tensor) else self.samples.gather(rows)
+        return images
+
+    chunks = Candidates.chunks  # the same chunking over these positions (it only calls len and take)
+
+
+def _stored_selection(teacher, candidates: Candidates, data: DataConfig, seed: int, device: torch.device,
+                      store: Path | None) -> tuple[Pool, dict]:
+    """The set as a pool on disk, with labels and the teacher's logits: reused when the pool at
+    `store` was made from the same teacher, data description and seed, else made (both passes,
+    boundary samples in between if asked for)."""
+    identity = {"teacher": teacher_fingerprint(teacher), "data": asdict(data), "seed": seed,
+                "candidates": candidates.fingerprint()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(store) if store is not None else CACHE_DIR / "selections" / key
+    try:
+        pool = Pool(path)
+        if pool.manifest.get("selection_key") == key:
+            return pool, pool.manifest["candidates_info"]
+    except UserError:
+        pass  # nothing there yet, or an unfinished write: make it
+    with _scratch(path.parent if data.boundary else None) as scratch:
+        info, chosen, labels, index = _selection(teacher, candidates, data.per_class, data.boundary, seed, device,
+                                                 scratch)
+        manifest = {"source": "selection", "seed": seed, "classes": list(teacher.spec.classes), "selection_key": key,
+                    "params": identity, "candidates_info": info}
+        write_selection(teacher, chosen, index, labels[index], path, manifest, device, overwrite=True)
+    return Pool(path), info

@@ -1,4 +1,4 @@
-"""Selection in chunks (teacher.Candidates / scan_candidates, batches.build_distillation_set): the
+"""Selection in chunks (teacher.Candidates / scan_candidates, select.build_distillation_set): the
 same set as selecting with every candidate in memory, one chunk of candidates held at a time, large
 sets on disk and reused, boundary samples still filling rare classes; on conftest's planted teacher."""
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import raises_one_line
 
-from surrogate_kd import batches as batches_module
+from surrogate_kd import select as select_module
 from surrogate_kd import teacher as teacher_module
 from surrogate_kd.boundary import add_boundary_samples, boundary_sample_parts, merge_summaries
-from surrogate_kd.batches import ArrayBatches, PoolBatches, build_distillation_set, make_batches
+from surrogate_kd.batches import ArrayBatches, PoolBatches, make_batches
 from surrogate_kd.config import BoundaryConfig, DataConfig
 from surrogate_kd.pool import Pool, write_pool
-from surrogate_kd.select import balanced_indices
+from surrogate_kd.select import balanced_indices, build_distillation_set
 from surrogate_kd.teacher import Candidates, class_histogram, load_candidates, scan_candidates
 
 CPU = torch.device("cpu")
@@ -78,8 +78,8 @@ def test_a_large_set_lives_on_disk_is_read_per_batch_and_reused(planted, tmp_pat
     config = DataConfig(data, candidates=0, per_class=8)
     teacher = planted.teacher()
     in_memory, info = make_batches(teacher, config, 16, 0, CPU)
-    monkeypatch.setattr(batches_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 32 images: too many
-    monkeypatch.setattr(batches_module, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(select_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 32 images: too many
+    monkeypatch.setattr(select_module, "CACHE_DIR", tmp_path / "cache")
     calls = teacher.net.calls
     on_disk, stored_info = make_batches(teacher, config, 16, 0, CPU)
     assert isinstance(in_memory, ArrayBatches) and isinstance(on_disk, PoolBatches)
@@ -142,8 +142,8 @@ def test_a_set_on_disk_gets_boundary_samples_attacked_in_parts(planted, tmp_path
     small_chunks(monkeypatch, 10)
     data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
     teacher = planted.teacher()
-    monkeypatch.setattr(batches_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 40 selected: on disk
-    monkeypatch.setattr(batches_module, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(select_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 40 selected: on disk
+    monkeypatch.setattr(select_module, "CACHE_DIR", tmp_path / "cache")
     attack = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5)
     pool, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=attack), 0, CPU,
                                         store=tmp_path / "run" / "selection")
@@ -163,8 +163,8 @@ def test_samples_on_disk_are_the_samples_the_parts_made(planted, tmp_path, monke
     small_chunks(monkeypatch, 10)
     data = planted.npz(tmp_path / "p.npz", [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20)
     teacher = planted.teacher()
-    monkeypatch.setattr(batches_module, "MAX_IN_MEMORY_BYTES", 40 * IMAGE_BYTES)  # the set fits, 8 attacked a part
-    monkeypatch.setattr(batches_module, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(select_module, "MAX_IN_MEMORY_BYTES", 40 * IMAGE_BYTES)  # the set fits, 8 attacked a part
+    monkeypatch.setattr(select_module, "CACHE_DIR", tmp_path / "cache")
     attack = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5)
     chosen, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=attack), 0, CPU)
     images, logits = load_candidates(teacher, data, 0, 0)
