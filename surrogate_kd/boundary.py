@@ -49,10 +49,11 @@ ROLES = ("pre", "post", "pre_deeper", "post_deeper")
 
 @dataclass
 class BoundaryResult:
-    """K kept pairs as 4K samples, in blocks of K: pre, post, pre deeper, post deeper (see ROLES)."""
+    """K kept pairs as 4K samples, in blocks of K: pre, post, pre deeper, post deeper (see ROLES);
+    2K, pre and post, without the deeper copies."""
 
-    images: Tensor  # (4K, C, H, W) uint8
-    labels: Tensor  # (4K,) int64, the teacher's argmax of each sample
+    images: Tensor  # (4K or 2K, C, H, W) uint8
+    labels: Tensor  # (4K or 2K,) int64, the teacher's argmax of each sample
     targets: Tensor  # (K,) int64, the class each pair was pushed towards
     source: Tensor  # (K,) int64, index of the attacked image each pair came from
     summary: dict
@@ -137,13 +138,15 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
                    max_steps: int = 20, epsilon: float = 32 / 255, step_size: float = 2 / 255, seed: int = 0,
                    batch_size: int | None = None, device: torch.device | None = None, precision: str = "auto",
                    class_counts: Tensor | None = None, method: str = "auto",
-                   partners: tuple[Tensor, Tensor] | None = None, strategy: str | None = None) -> BoundaryResult:
+                   partners: tuple[Tensor, Tensor] | None = None, strategy: str | None = None,
+                   deeper: bool = True) -> BoundaryResult:
     """Boundary pairs and their deeper copies for images (N, C, H, W), uint8 or float in [0, 1].
 
     Only pairs that crossed within `max_steps` and sit within `threshold` (both images' top
     softmax) are kept. `class_counts` (K,) is the teacher's prediction histogram of the set the
     samples will join (default: of `images`): least-predicted targets fill its rarest classes and
     the summary reports it before and after. The teacher is used in eval mode and left unchanged.
+    `deeper` False keeps the pairs without their deeper copies (which are still computed).
 
     `method`: "gradient" (the signed-gradient attack), "bisection" (gradient-free: forward passes
     only, min(max_steps, 10) halvings; epsilon does not apply) or "auto" (bisection when the
@@ -212,6 +215,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     crossed, within, steps, kept = (torch.cat([p[k] for p in parts]) for k in ("crossed", "within", "steps", "kept"))
     samples = torch.cat([p["images"] for p in parts], 1)  # (4, K, C, H, W) uint8
     labels = torch.cat([p["labels"] for p in parts], 1)  # (4, K)
+    if not deeper:  # the pairs alone: their deeper copies are near-duplicates of them
+        samples, labels = samples[:2], labels[:2]
     result = BoundaryResult(samples.flatten(0, 1), labels.flatten(), target[kept], kept, {})
 
     before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()

@@ -101,6 +101,7 @@ class BoundaryConfig:
     max_steps: int = 20
     epsilon: float = 32 / 255
     method: str = "auto"  # gradient | bisection (forward passes only) | auto: bisection for black boxes
+    deeper: bool = True  # keep each pair's deeper copies too (the paper's; runs before session 8 all did)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -116,7 +117,7 @@ class BoundaryConfig:
     def attack(self) -> dict:
         """Keyword arguments of boundary.boundary_pairs."""
         return {"targets": self.targets, "threshold": self.threshold, "max_steps": self.max_steps,
-                "epsilon": self.epsilon, "method": self.method}
+                "epsilon": self.epsilon, "method": self.method, "deeper": self.deeper}
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,16 @@ def test_deeper_copies_move_away_from_the_boundary_into_their_own_class():
         assert (after > before).all(), f"{role}: the deeper copy is further from the boundary"
 
 
+def test_without_deeper_copies_only_the_pairs_are_kept():
+    teacher = two_class_teacher()
+    options = dict(targets="random", max_steps=60, epsilon=96 / 255, precision="fp32")
+    full = boundary_pairs(teacher, grey_images(0.3, 32), **options)
+    pairs = boundary_pairs(teacher, grey_images(0.3, 32), deeper=False, **options)
+    assert len(pairs.labels) == 2 * len(pairs.targets) == len(full.labels) // 2 == pairs.summary["samples"]
+    assert torch.equal(pairs.images, full.images[:2 * len(full.targets)]), "the same pre and post images"
+    assert torch.equal(pairs.part("post")[0], full.part("post")[0])
+
+
 def test_samples_stay_uint8_inside_the_epsilon_ball_and_the_pixel_range():
     teacher = three_class_teacher()
     images = torch.cat([grey_images(0.02, 32, spread=8), grey_images(0.98, 32, spread=8, seed=1)])  # near 0 and 255
