@@ -110,8 +110,10 @@ def main() -> None:
         base = measure(args, args.candidates, work)
         large = measure(args, args.factor * args.candidates, work)
     difference = round(large["peak_rss_mb"] - base["peak_rss_mb"], 1)
-    print(json.dumps({"path": args.path, "teacher": f"{args.teacher}, {args.classes} classes, 64 px RGB, random weights",
-                      "source": args.source, "boundary_fraction": args.boundary_fraction, "baseline": base, "larger": large, "difference_mb": difference,
+    teacher = f"{args.teacher}, {args.classes} classes, 64 px RGB, random weights"
+    print(json.dumps({"path": args.path, "teacher": teacher, "source": args.source,
+                      "boundary_fraction": args.boundary_fraction, "baseline": base, "larger": large,
+                      "difference_mb": difference,
                       "bar_mb": BAR_MB, "within_bar": difference <= BAR_MB, "load_average": os.getloadavg()[0],
                       "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS")}, indent=1))
 

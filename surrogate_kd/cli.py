@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(forward passes only), auto (bisection for black-box teachers)",
          choices=["auto", "gradient", "bisection"])
     _add(p, c, "--boundary-deeper", "keep each boundary pair's deeper copies too (one more step into each side; "
-                                    f"default: {'on' if BOUNDARY_DEEPER else 'off'})", action=argparse.BooleanOptionalAction)
+                                    f"default: {'on' if BOUNDARY_DEEPER else 'off'})",
+         action=argparse.BooleanOptionalAction)
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
                           "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
          action=argparse.BooleanOptionalAction)

@@ -112,8 +112,8 @@ def balanced_indices(predictions: torch.Tensor, num_classes: int, per_class: int
 
 
 def select(teacher, data: str, out: str | Path, per_class: int, total: int | None = None, long_tail: float | None = None,
-           cap: int = DEFAULT_CAP, seed: int = 0, candidates: int = CANDIDATES, device: str = "auto", batch_size: int = 1024,
-           overwrite: bool = False, download: bool = False, adapt: bool | None = None) -> dict:
+           cap: int = DEFAULT_CAP, seed: int = 0, candidates: int = CANDIDATES, device: str = "auto",
+           batch_size: int = 1024, overwrite: bool = False, download: bool = False, adapt: bool | None = None) -> dict:
     """Write the teacher-guided set D_K drawn from `data` as a pool at `out` (paper Sect. 3.2).
 
     `total` images (default per_class x classes, at most `cap`) split evenly over the classes the
@@ -324,7 +324,8 @@ class _WithSamples:
             images[~is_sample] = self.candidates.take(positions[~is_sample])
         if is_sample.any():
             rows = positions[is_sample] - len(self.candidates)
-            images[is_sample] = self.samples[rows] if isinstance(self.samples, torch.Tensor) else self.samples.gather(rows)
+            in_memory = isinstance(self.samples, torch.Tensor)
+            images[is_sample] = self.samples[rows] if in_memory else self.samples.gather(rows)
         return images
 
     chunks = Candidates.chunks  # the same chunking over these positions (it only calls len and take)

@@ -95,8 +95,8 @@ def test_a_large_set_lives_on_disk_is_read_per_batch_and_reused(planted, tmp_pat
     assert len(list((tmp_path / "cache" / "selections").iterdir())) == 2, "another seed is another set"
     make_batches(teacher, config, 16, 0, CPU, store=tmp_path / "run" / "selection")
     assert torch.equal(Pool(tmp_path / "run" / "selection").labels, pool.labels), "or where the caller says"
-    raises_one_line(lambda: make_batches(teacher, DataConfig(data, candidates=0, per_class=8,
-                                                             boundary=BoundaryConfig(0.5, every_epoch=True)), 16, 0, CPU),
+    every_epoch = DataConfig(data, candidates=0, per_class=8, boundary=BoundaryConfig(0.5, every_epoch=True))
+    raises_one_line(lambda: make_batches(teacher, every_epoch, 16, 0, CPU),
                     "boundary samples every epoch need the distillation set in memory", "per_class")
 
 
@@ -166,7 +166,8 @@ def test_samples_on_disk_are_the_samples_the_parts_made(planted, tmp_path, monke
     monkeypatch.setattr(select_module, "MAX_IN_MEMORY_BYTES", 40 * IMAGE_BYTES)  # the set fits, 8 attacked a part
     monkeypatch.setattr(select_module, "CACHE_DIR", tmp_path / "cache")
     attack = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5)
-    chosen, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=attack), 0, CPU)
+    config = DataConfig(data, candidates=0, per_class=10, boundary=attack)
+    chosen, info = build_distillation_set(teacher, config, 0, CPU)
     images, logits = load_candidates(teacher, data, 0, 0)
     parts = list(boundary_sample_parts(teacher, images.images.__getitem__, logits.argmax(1), 1.0, seed=0, part_size=8,
                                        **attack.attack()))
