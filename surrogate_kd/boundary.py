@@ -146,7 +146,7 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     softmax) are kept. `class_counts` (K,) is the teacher's prediction histogram of the set the
     samples will join (default: of `images`): least-predicted targets fill its rarest classes and
     the summary reports it before and after. The teacher is used in eval mode and left unchanged.
-    `deeper` False keeps the pairs without their deeper copies (which are still computed).
+    `deeper` False keeps the pairs without their deeper copies (near-duplicates of them), not computed.
 
     `method`: "gradient" (the signed-gradient attack), "bisection" (gradient-free: forward passes
     only, min(max_steps, 10) halvings; epsilon does not apply) or "auto" (bisection when the
@@ -184,7 +184,7 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     generator = torch.Generator().manual_seed(seed)
     # Batches of equal size (the last one at most a row short): a 'where' run pads nothing worth speaking of.
     batch_size = math.ceil(len(images) / math.ceil(len(images) / batch_size))
-    runner = dict(batch_size=batch_size, strategy=strategy, capture=capture, autocast=autocast)
+    runner = dict(batch_size=batch_size, strategy=strategy, capture=capture, autocast=autocast, deeper=deeper)
     slots = method == "gradient" and strategy == "where"  # SlotAttack: the whole set through batch_size slots
     if method == "bisection":
         partner_images, partner_labels = partners if partners is not None else (images, logits.argmax(1))
@@ -213,10 +213,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     seconds = time.perf_counter() - started
 
     crossed, within, steps, kept = (torch.cat([p[k] for p in parts]) for k in ("crossed", "within", "steps", "kept"))
-    samples = torch.cat([p["images"] for p in parts], 1)  # (4, K, C, H, W) uint8
-    labels = torch.cat([p["labels"] for p in parts], 1)  # (4, K)
-    if not deeper:  # the pairs alone: their deeper copies are near-duplicates of them
-        samples, labels = samples[:2], labels[:2]
+    samples = torch.cat([p["images"] for p in parts], 1)  # (4 or 2, K, C, H, W) uint8
+    labels = torch.cat([p["labels"] for p in parts], 1)  # (4 or 2, K)
     result = BoundaryResult(samples.flatten(0, 1), labels.flatten(), target[kept], kept, {})
 
     before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()

@@ -161,11 +161,13 @@ class _Attack:
     """Batches of at most `batch_size` images through one attack. `passes` counts images through
     the teacher (a gradient or a forward each): the cost. For a fixed-step loop ('where'), a short
     batch is padded to batch_size (repeating its last image) and one state of that size serves the
-    whole run, so on CUDA (`capture`) its step is captured once and replayed for every batch."""
+    whole run, so on CUDA (`capture`) its step is captured once and replayed for every batch.
+    `deeper` False: each kept pair without its deeper copies, which are then not computed."""
 
-    def __init__(self, teacher, batch_size: int, strategy: str, capture: bool, autocast):
+    def __init__(self, teacher, batch_size: int, strategy: str, capture: bool, autocast, deeper: bool = True):
         self.teacher, self.batch_size, self.strategy, self.capture = teacher, batch_size, strategy, capture
-        self.autocast = autocast
+        self.autocast, self.deeper = autocast, deeper
+        self.roles = 4 if deeper else 2  # samples per kept pair
         self.state = None
         self.passes = 0
 
@@ -248,7 +250,9 @@ class GradientAttack(_Attack):
                 low: Tensor, high: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         """K kept pairs -> their samples (4, K, C, H, W) uint8 and classes (4, K): pre, post and a deeper copy
         of each, one more signed step descending the cross-entropy of its own class, with the step that
-        crossed (it is sized to how far this image's boundary was)."""
+        crossed (it is sized to how far this image's boundary was). Without `deeper`: (2, K), pre and post."""
+        if not self.deeper:
+            return torch.stack([pre, post]).mul(255).round().to(torch.uint8), torch.stack([pre_class, post_class])
         pre_deeper, post_deeper, deeper_classes = pre, post, torch.cat([pre_class, post_class])
         if len(pre):
             _, pre_gradient = _input_gradient(self.teacher, pre, pre_class, self.autocast)
@@ -326,6 +330,10 @@ class Bisection(_Attack):
         pre_deeper = _on_segment(start, direction, (lo - deeper).clamp(min=0))
         post_deeper = _on_segment(start, direction, (hi + deeper).clamp(max=1))
         pre_class = s.lo_logits[kept].argmax(1)
+        if not self.deeper:
+            return {"crossed": crossed, "within": within, "steps": crossed.long() * self.steps, "kept": kept,
+                    "images": torch.stack([pre, post]).mul(255).round().to(torch.uint8),
+                    "labels": torch.stack([pre_class, s.targets[kept]])}  # (2, K)
         deeper_classes = torch.cat([pre_class, pre_class])
         if kept.numel():
             deeper_classes = _logits(self.teacher, torch.cat([pre_deeper, post_deeper]), self.autocast).argmax(1)

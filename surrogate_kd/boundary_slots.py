@@ -126,7 +126,8 @@ class SlotAttack(GradientAttack):
                                             self.targets[chunk], low, high, out["step"][chunk])
             images.append(samples), labels.append(classes)
         if not images:
-            images.append(torch.zeros(4, 0, *self.images.shape[1:], dtype=torch.uint8, device=self.images.device))
-            labels.append(torch.zeros(4, 0, dtype=torch.int64, device=self.images.device))
+            images.append(torch.zeros(self.roles, 0, *self.images.shape[1:], dtype=torch.uint8,
+                                      device=self.images.device))
+            labels.append(torch.zeros(self.roles, 0, dtype=torch.int64, device=self.images.device))
         return {"crossed": crossed, "within": within, "steps": steps, "kept": kept,
                 "images": torch.cat(images, 1), "labels": torch.cat(labels, 1)}

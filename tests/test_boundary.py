@@ -103,6 +103,12 @@ def test_without_deeper_copies_only_the_pairs_are_kept():
     assert len(pairs.labels) == 2 * len(pairs.targets) == len(full.labels) // 2 == pairs.summary["samples"]
     assert torch.equal(pairs.images, full.images[:2 * len(full.targets)]), "the same pre and post images"
     assert torch.equal(pairs.part("post")[0], full.part("post")[0])
+    assert pairs.summary["gradients_per_image"] < full.summary["gradients_per_image"], "the copies are not computed"
+    bisection = dict(targets="random", method="bisection", precision="fp32")
+    full = boundary_pairs(three_class_teacher(), grey_images(0.5, 96, spread=40), **bisection)
+    pairs = boundary_pairs(three_class_teacher(), grey_images(0.5, 96, spread=40), deeper=False, **bisection)
+    assert len(pairs.labels) == 2 * len(pairs.targets) > 0 and torch.equal(pairs.images, full.images[:len(pairs.labels)])
+    assert pairs.summary["forwards_per_image"] < full.summary["forwards_per_image"]
 
 
 def test_samples_stay_uint8_inside_the_epsilon_ball_and_the_pixel_range():
