@@ -54,8 +54,9 @@ MEASURED = "measured on three teachers of three domains at 15k-250k images (docs
 # tenth, the gains were smaller and less steady. The attack took 1.5-2x the rest of a 120,000-image
 # run on a CPU; it is fixed by the candidates, so it weighs less at longer budgets.
 BOUNDARY_FRACTION = 0.5
-# Whether a boundary pair's two deeper copies (one more step into each side) join the set too, as
-# in the paper; they are near-duplicates of the pair (session 8 measures them, docs/recipe.md).
+# A boundary pair's two deeper copies (one more step into each side) join the set too, as in the
+# paper. Study 4's `pairs` arm (docs/recipe.md) dropped them: 0.862x against 0.878x the original
+# data's student, lower on six of seven teachers (8x8 digits -7.8 points).
 BOUNDARY_DEEPER = True
 
 
