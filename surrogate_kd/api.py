@@ -29,12 +29,12 @@ from . import parallel
 from .adapt import adapts_by_default
 from .batches import ArrayBatches, make_batches
 from .checkpoint import provenance
-from .config import BoundaryConfig, DataConfig, InputSpec
+from .config import BOUNDARY_KEEPS, BoundaryConfig, DataConfig, InputSpec
 from .data import DATASET_STATS, ImageSet, open_images
 from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .recipe import BOUNDARY_DEEPER, CANDIDATES, PER_CLASS, describe, distill_config, resolve, teacher_recipe, why
+from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_config, resolve, teacher_recipe, why
 from .recipe import boundary_fraction as default_boundary_fraction
 from .recipe import data_kind as default_data_kind
 from .rundir import RunDir
@@ -118,7 +118,7 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
             candidates: int = CANDIDATES, per_class: int | None = PER_CLASS, stream: bool = False,
             boundary_fraction: float | None = None, boundary_targets: str = "least-predicted",
-            boundary_every_epoch: bool = False, boundary_method: str = "auto", boundary_deeper: bool | None = None,
+            boundary_every_epoch: bool = False, boundary_method: str = "auto", boundary_keep: str | None = None,
             adapt: bool | None = None,
             params: dict | None = None, data_kind: str | None = None,
             eval_data: str | None = None, download: bool = False, overwrite: bool = False,
@@ -134,7 +134,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch
     (None: the recipe's choice, recipe.boundary_fraction: on for fixed synthetic sets);
     `boundary_method` gradient, bisection (forward passes only) or auto (bisection for black boxes);
-    `boundary_deeper`: keep each pair's deeper copies too (None: recipe.BOUNDARY_DEEPER).
+    `boundary_keep`: which of a pair's samples join the set: all, pairs (without the deeper copies)
+    or deeper (the copies alone); None: recipe.BOUNDARY_KEEP.
     `adapt`: steer the shader programs with the teacher's predictions before rendering any
     (adapt.py); None: on for shaders and teachers of up to 100 classes (adapt.adapts_by_default).
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
@@ -150,9 +151,12 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
                                                                     getattr(teacher_model, "differentiable", True))
     if boundary_every_epoch and not boundary_fraction:
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
-    deeper = BOUNDARY_DEEPER if boundary_deeper is None else boundary_deeper
+    keep = BOUNDARY_KEEP if boundary_keep is None else boundary_keep
+    if keep not in BOUNDARY_KEEPS:
+        raise UserError(f"unknown boundary keep '{keep}'; valid: {', '.join(BOUNDARY_KEEPS)}")
+    pairs, deeper = BOUNDARY_KEEPS[keep]
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method,
-                               deeper=deeper) if boundary_fraction else None)
+                               deeper=deeper, pairs=pairs) if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
                           adapts_by_default(data, teacher_model.num_classes) if adapt is None else adapt)
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must

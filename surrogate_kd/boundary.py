@@ -50,18 +50,19 @@ ROLES = ("pre", "post", "pre_deeper", "post_deeper")
 @dataclass
 class BoundaryResult:
     """K kept pairs as 4K samples, in blocks of K: pre, post, pre deeper, post deeper (see ROLES);
-    2K, pre and post, without the deeper copies."""
+    2K when only the pairs or only their deeper copies are kept (`roles`)."""
 
     images: Tensor  # (4K or 2K, C, H, W) uint8
     labels: Tensor  # (4K or 2K,) int64, the teacher's argmax of each sample
     targets: Tensor  # (K,) int64, the class each pair was pushed towards
     source: Tensor  # (K,) int64, index of the attacked image each pair came from
     summary: dict
+    roles: tuple[str, ...] = ROLES  # the blocks present, in order
 
     def part(self, role: str) -> tuple[Tensor, Tensor]:
         """(K, C, H, W) images and (K,) labels of one role: pre, post, pre_deeper or post_deeper."""
-        k = len(self.targets)
-        block = slice(ROLES.index(role) * k, (ROLES.index(role) + 1) * k)
+        k, at = len(self.targets), self.roles.index(role)
+        block = slice(at * k, (at + 1) * k)
         return self.images[block], self.labels[block]
 
 
@@ -139,14 +140,15 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
                    batch_size: int | None = None, device: torch.device | None = None, precision: str = "auto",
                    class_counts: Tensor | None = None, method: str = "auto",
                    partners: tuple[Tensor, Tensor] | None = None, strategy: str | None = None,
-                   deeper: bool = True) -> BoundaryResult:
+                   deeper: bool = True, pairs: bool = True) -> BoundaryResult:
     """Boundary pairs and their deeper copies for images (N, C, H, W), uint8 or float in [0, 1].
 
     Only pairs that crossed within `max_steps` and sit within `threshold` (both images' top
     softmax) are kept. `class_counts` (K,) is the teacher's prediction histogram of the set the
     samples will join (default: of `images`): least-predicted targets fill its rarest classes and
     the summary reports it before and after. The teacher is used in eval mode and left unchanged.
-    `deeper` False keeps the pairs without their deeper copies (near-duplicates of them), not computed.
+    `deeper` False keeps the pairs without their deeper copies (near-duplicates of them), not computed;
+    `pairs` False keeps the deeper copies alone.
 
     `method`: "gradient" (the signed-gradient attack), "bisection" (gradient-free: forward passes
     only, min(max_steps, 10) halvings; epsilon does not apply) or "auto" (bisection when the
@@ -184,7 +186,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     generator = torch.Generator().manual_seed(seed)
     # Batches of equal size (the last one at most a row short): a 'where' run pads nothing worth speaking of.
     batch_size = math.ceil(len(images) / math.ceil(len(images) / batch_size))
-    runner = dict(batch_size=batch_size, strategy=strategy, capture=capture, autocast=autocast, deeper=deeper)
+    runner = dict(batch_size=batch_size, strategy=strategy, capture=capture, autocast=autocast, deeper=deeper,
+                  pairs=pairs)
     slots = method == "gradient" and strategy == "where"  # SlotAttack: the whole set through batch_size slots
     if method == "bisection":
         partner_images, partner_labels = partners if partners is not None else (images, logits.argmax(1))
@@ -215,7 +218,8 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     crossed, within, steps, kept = (torch.cat([p[k] for p in parts]) for k in ("crossed", "within", "steps", "kept"))
     samples = torch.cat([p["images"] for p in parts], 1)  # (4 or 2, K, C, H, W) uint8
     labels = torch.cat([p["labels"] for p in parts], 1)  # (4 or 2, K)
-    result = BoundaryResult(samples.flatten(0, 1), labels.flatten(), target[kept], kept, {})
+    roles = (ROLES[:2] if pairs else ()) + (ROLES[2:] if deeper else ())
+    result = BoundaryResult(samples.flatten(0, 1), labels.flatten(), target[kept], kept, {}, roles)
 
     before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()
     after = before + class_histogram(result.labels, num_classes)
@@ -226,7 +230,7 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
         cost = {"gradients_per_image": 0.0, "forwards_per_image": passes, "unreachable": int((~has_partner).sum())}
     else:  # teacher forward + backward passes (first gradient, steps, deeper pre)
         cost = {"gradients_per_image": passes}
-    pre, _ = result.part("pre")
+    pre, _ = result.part(roles[0])
     result.summary = {
         "method": method, "strategy": strategy, "batch_size": batch_size, "attacked": len(images), "targets": targets,
         "threshold": threshold, "max_steps": max_steps, "epsilon": round(epsilon, 6), "success_rate": round(succeeded / len(images), 4),

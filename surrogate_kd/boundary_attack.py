@@ -162,12 +162,14 @@ class _Attack:
     the teacher (a gradient or a forward each): the cost. For a fixed-step loop ('where'), a short
     batch is padded to batch_size (repeating its last image) and one state of that size serves the
     whole run, so on CUDA (`capture`) its step is captured once and replayed for every batch.
-    `deeper` False: each kept pair without its deeper copies, which are then not computed."""
+    `deeper` False: each kept pair without its deeper copies, which are then not computed; `pairs`
+    False: the deeper copies without the pair."""
 
-    def __init__(self, teacher, batch_size: int, strategy: str, capture: bool, autocast, deeper: bool = True):
+    def __init__(self, teacher, batch_size: int, strategy: str, capture: bool, autocast, deeper: bool = True,
+                 pairs: bool = True):
         self.teacher, self.batch_size, self.strategy, self.capture = teacher, batch_size, strategy, capture
-        self.autocast, self.deeper = autocast, deeper
-        self.roles = 4 if deeper else 2  # samples per kept pair
+        self.autocast, self.deeper, self.pairs = autocast, deeper, pairs
+        self.roles = 2 * pairs + 2 * deeper  # samples per kept pair
         self.state = None
         self.passes = 0
 
@@ -250,7 +252,8 @@ class GradientAttack(_Attack):
                 low: Tensor, high: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         """K kept pairs -> their samples (4, K, C, H, W) uint8 and classes (4, K): pre, post and a deeper copy
         of each, one more signed step descending the cross-entropy of its own class, with the step that
-        crossed (it is sized to how far this image's boundary was). Without `deeper`: (2, K), pre and post."""
+        crossed (it is sized to how far this image's boundary was). Without `deeper`: (2, K), pre and post;
+        without `pairs`: (2, K), the deeper copies."""
         if not self.deeper:
             return torch.stack([pre, post]).mul(255).round().to(torch.uint8), torch.stack([pre_class, post_class])
         pre_deeper, post_deeper, deeper_classes = pre, post, torch.cat([pre_class, post_class])
@@ -261,7 +264,9 @@ class GradientAttack(_Attack):
             deeper_classes = _logits(self.teacher, torch.cat([pre_deeper, post_deeper]), self.autocast).argmax(1)
             self.passes += len(pre)
         samples = torch.stack([pre, post, pre_deeper, post_deeper])  # (4, K, C, H, W) on the uint8 grid
-        return samples.mul(255).round().to(torch.uint8), torch.stack([pre_class, post_class, *deeper_classes.chunk(2)])
+        classes = torch.stack([pre_class, post_class, *deeper_classes.chunk(2)])
+        keep = slice(0 if self.pairs else 2, 4)
+        return samples[keep].mul(255).round().to(torch.uint8), classes[keep]
 
 
 @dataclass
@@ -339,9 +344,10 @@ class Bisection(_Attack):
             deeper_classes = _logits(self.teacher, torch.cat([pre_deeper, post_deeper]), self.autocast).argmax(1)
             self.passes += 2 * len(kept)
         samples = torch.stack([pre, post, pre_deeper, post_deeper])  # (4, K, C, H, W) on the uint8 grid
+        keep = slice(0 if self.pairs else 2, 4)
         return {"crossed": crossed, "within": within, "steps": crossed.long() * self.steps, "kept": kept,
-                "images": samples.mul(255).round().to(torch.uint8),
-                "labels": torch.stack([pre_class, s.targets[kept], *deeper_classes.chunk(2)])}  # (4, K)
+                "images": samples[keep].mul(255).round().to(torch.uint8),
+                "labels": torch.stack([pre_class, s.targets[kept], *deeper_classes.chunk(2)])[keep]}  # (4 or 2, K)
 
 
 # --------------------------------------------------------------------------- batch size

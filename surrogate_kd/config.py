@@ -90,6 +90,10 @@ class TrainConfig:
         get_regime(self.regime, **dict(self.regime_overrides))  # an unknown regime or field fails here
 
 
+# Which of a boundary pair's samples join the set (--boundary-keep): (the pair, its deeper copies).
+BOUNDARY_KEEPS = {"all": (True, True), "pairs": (True, False), "deeper": (False, True)}
+
+
 @dataclass(frozen=True)
 class BoundaryConfig:
     """Decision-boundary samples (paper Sect. 4.1): which share of the set to attack, and how."""
@@ -101,7 +105,8 @@ class BoundaryConfig:
     max_steps: int = 20
     epsilon: float = 32 / 255
     method: str = "auto"  # gradient | bisection (forward passes only) | auto: bisection for black boxes
-    deeper: bool = True  # keep each pair's deeper copies too (the paper's; runs before session 8 all did)
+    deeper: bool = True  # keep each pair's deeper copies (the paper's; runs before session 8 all did)
+    pairs: bool = True  # keep the pair itself (False with deeper: the deeper copies alone)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -113,11 +118,12 @@ class BoundaryConfig:
         _require(0 < self.threshold <= 1, f"boundary threshold must be in (0, 1], got {self.threshold}")
         _require(self.max_steps > 0, f"boundary max_steps must be positive, got {self.max_steps}")
         _require(self.epsilon > 0, f"boundary epsilon must be positive, got {self.epsilon}")
+        _require(self.pairs or self.deeper, "boundary samples need the pairs or their deeper copies kept")
 
     def attack(self) -> dict:
         """Keyword arguments of boundary.boundary_pairs."""
         return {"targets": self.targets, "threshold": self.threshold, "max_steps": self.max_steps,
-                "epsilon": self.epsilon, "method": self.method, "deeper": self.deeper}
+                "epsilon": self.epsilon, "method": self.method, "pairs": self.pairs, "deeper": self.deeper}
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,11 @@ MEASURED = "measured on three teachers of three domains at 15k-250k images (docs
 # tenth, the gains were smaller and less steady. The attack took 1.5-2x the rest of a 120,000-image
 # run on a CPU; it is fixed by the candidates, so it weighs less at longer budgets.
 BOUNDARY_FRACTION = 0.5
-# A boundary pair's two deeper copies (one more step into each side) join the set too, as in the
-# paper. Study 4's `pairs` arm (docs/recipe.md) dropped them: 0.862x against 0.878x the original
-# data's student, lower on six of seven teachers (8x8 digits -7.8 points).
-BOUNDARY_DEEPER = True
+# Which of a boundary pair's samples join the set (config.BOUNDARY_KEEPS): "all", the pair and its
+# two deeper copies (one more step into each side), as in the paper. Study 4's `pairs` arm
+# (docs/recipe.md) dropped the copies: 0.862x against 0.878x the original data's student, lower on
+# six of seven teachers (8x8 digits -7.8 points); "deeper" (the copies alone) has no arm yet.
+BOUNDARY_KEEP = "all"
 
 
 def data_kind(data: str) -> str:

@@ -3,11 +3,12 @@
 import json
 
 import pytest
+from conftest import raises_one_line
 
 from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
-from surrogate_kd.recipe import (BOUNDARY_DEEPER, BOUNDARY_FRACTION, HEAVY_FROM, boundary_fraction, distill_config,
+from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, boundary_fraction, distill_config,
                                  distill_recipe, resolve, teacher_recipe, why)
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
@@ -114,10 +115,13 @@ def test_distill_adds_boundary_samples_unless_told_not_to(tmp_path, tiny_dataset
     assert default["boundary"]["fraction"] == BOUNDARY_FRACTION and default["boundary"]["attacked"] == 32
     assert default["config"]["data"]["boundary"]["fraction"] == BOUNDARY_FRACTION, "recorded in the run's identity"
     assert f"boundary samples: from {BOUNDARY_FRACTION:g} of the candidates" in capsys.readouterr().err
-    assert default["config"]["data"]["boundary"]["deeper"] is BOUNDARY_DEEPER
-    pairs = api.distill(weights, "shaders", tmp_path / "pairs", boundary_deeper=not BOUNDARY_DEEPER, **common)
-    assert pairs["config"]["data"]["boundary"]["deeper"] is not BOUNDARY_DEEPER
-    assert pairs["boundary"]["attacked"] == 32 and pairs["boundary"]["samples"] % 2 == 0
+    assert BOUNDARY_KEEP == "all" and default["config"]["data"]["boundary"]["deeper"] is True
+    for keep, recorded in (("pairs", {"pairs": True, "deeper": False}), ("deeper", {"pairs": False, "deeper": True})):
+        kept = api.distill(weights, "shaders", tmp_path / keep, boundary_keep=keep, **common)
+        assert {k: kept["config"]["data"]["boundary"][k] for k in recorded} == recorded
+        assert kept["boundary"]["attacked"] == 32 and kept["boundary"]["samples"] == 2 * kept["boundary"]["pairs"]
+    raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "bad", boundary_keep="some", **common),
+                    "unknown boundary keep 'some'", "all, pairs, deeper")
     off = api.distill(weights, "shaders", tmp_path / "off", boundary_fraction=0, **common)
     assert "boundary" not in off and off["config"]["data"]["boundary"] is None
     assert "boundary samples: as given" in capsys.readouterr().err

@@ -95,7 +95,7 @@ def test_deeper_copies_move_away_from_the_boundary_into_their_own_class():
         assert (after > before).all(), f"{role}: the deeper copy is further from the boundary"
 
 
-def test_without_deeper_copies_only_the_pairs_are_kept():
+def test_the_pairs_or_their_deeper_copies_alone_are_the_full_attacks_blocks():
     teacher = two_class_teacher()
     options = dict(targets="random", max_steps=60, epsilon=96 / 255, precision="fp32")
     full = boundary_pairs(teacher, grey_images(0.3, 32), **options)
@@ -104,11 +104,17 @@ def test_without_deeper_copies_only_the_pairs_are_kept():
     assert torch.equal(pairs.images, full.images[:2 * len(full.targets)]), "the same pre and post images"
     assert torch.equal(pairs.part("post")[0], full.part("post")[0])
     assert pairs.summary["gradients_per_image"] < full.summary["gradients_per_image"], "the copies are not computed"
+    copies = boundary_pairs(teacher, grey_images(0.3, 32), pairs=False, **options)
+    assert copies.roles == ("pre_deeper", "post_deeper") and len(copies.labels) == 2 * len(copies.targets)
+    assert torch.equal(copies.images, full.images[2 * len(full.targets):]), "the same deeper copies"
+    assert torch.equal(copies.part("post_deeper")[1], full.part("post_deeper")[1])
     bisection = dict(targets="random", method="bisection", precision="fp32")
     full = boundary_pairs(three_class_teacher(), grey_images(0.5, 96, spread=40), **bisection)
     pairs = boundary_pairs(three_class_teacher(), grey_images(0.5, 96, spread=40), deeper=False, **bisection)
     assert len(pairs.labels) == 2 * len(pairs.targets) > 0 and torch.equal(pairs.images, full.images[:len(pairs.labels)])
     assert pairs.summary["forwards_per_image"] < full.summary["forwards_per_image"]
+    copies = boundary_pairs(three_class_teacher(), grey_images(0.5, 96, spread=40), pairs=False, **bisection)
+    assert torch.equal(copies.images, full.images[2 * len(full.targets):])
 
 
 def test_samples_stay_uint8_inside_the_epsilon_ball_and_the_pixel_range():

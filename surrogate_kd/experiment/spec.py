@@ -57,7 +57,7 @@ class SetSpec:
     boundary_targets: str = _default(api.distill, "boundary_targets")
     boundary_every_epoch: bool = _default(api.distill, "boundary_every_epoch")
     boundary_method: str = _default(api.distill, "boundary_method")
-    boundary_deeper: bool | None = _default(api.distill, "boundary_deeper")  # null: the recipe's choice
+    boundary_keep: str | None = _default(api.distill, "boundary_keep")  # null: the recipe's choice
     adapt: bool | None = _default(api.distill, "adapt")  # null: the library's choice (adapt.adapts_by_default)
     # Instead of an even selection, a long-tailed one (paper Table 4): per_class x classes images,
     # quotas decaying from the most to the least predicted class by this ratio (select.py).
