@@ -14,7 +14,7 @@ import sys
 
 from . import __version__
 from .config import parse_assignments
-from .recipe import BOUNDARY_FRACTION, HEAVY_FROM, distill_recipe, teacher_recipe
+from .recipe import BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, distill_recipe, teacher_recipe
 from .errors import UserError
 
 
@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(forward passes only), auto (bisection for black-box teachers)",
          choices=["auto", "gradient", "bisection"])
     _add(p, c, "--boundary-keep", "which of each boundary pair's samples join the set: all (the pair and its deeper "
-                                  "copies, one more step into each side), pairs, or deeper (the copies alone)",
+                                  "copies, one more step into each side), pairs, or deeper (the copies alone); "
+                                  f"default: {BOUNDARY_KEEP}",
          choices=["all", "pairs", "deeper"])
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
                           "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
