@@ -38,8 +38,8 @@ from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_conf
 from .recipe import boundary_fraction as default_boundary_fraction
 from .recipe import data_kind as default_data_kind
 from .rundir import RunDir
-from .select import DEFAULT_CAP
 from .runtime import evaluate_logits, predict, resolve_device
+from .select import DEFAULT_CAP
 from .teacher import is_source, load_teacher, teacher_fingerprint
 
 
