@@ -106,6 +106,11 @@ def adapts_by_default(data: str, num_classes: int) -> bool:
     return data == "shaders" and num_classes <= MAX_CLASSES_BY_DEFAULT
 
 
+def should_adapt(data: str, num_classes: int, adapt: bool | None) -> bool:
+    """The caller's `adapt`, or `adapts_by_default` when it is None: the one rule distill, select and score follow."""
+    return adapts_by_default(data, num_classes) if adapt is None else adapt
+
+
 def adapted_params(teacher, params: dict, seed: int, device=None) -> tuple[dict, dict]:
     """The shader parameters a run renders with when it adapts (the user's `params` + a proposal
     fitted with them), and a summary for its report. The fit is a function of (teacher, seed,

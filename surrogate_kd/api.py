@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import parallel
-from .adapt import adapts_by_default
+from .adapt import should_adapt
 from .batches import ArrayBatches, make_batches
 from .checkpoint import provenance
 from .config import BOUNDARY_KEEPS, BoundaryConfig, DataConfig, InputSpec
@@ -158,7 +158,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method,
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
-                          adapts_by_default(data, teacher_model.num_classes) if adapt is None else adapt)
+                          should_adapt(data, teacher_model.num_classes, adapt))
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.
     run = RunDir(out, "distill", {"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapt import adapted_params, adapts_by_default
+from .adapt import adapted_params, should_adapt
 from .errors import UserError
 from .files import writable_directory
 from .report import rare_classes
@@ -122,7 +122,7 @@ def score(teacher, datas: list[str], out_dir: str | Path | None = None, candidat
     dev = resolve_device(device)
     rows = []
     for data in datas:
-        steered = data == "shaders" and (adapts_by_default(data, model.num_classes) if adapt is None else adapt)
+        steered = data == "shaders" and should_adapt(data, model.num_classes, adapt)
         params = adapted_params(model, {}, seed, dev)[0] if steered else None
         images, logits = load_candidates(model, data, candidates, seed, dev, batch_size=batch_size,
                                          source_params=params)

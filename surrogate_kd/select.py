@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import parallel
-from .adapt import adapted_params, adapts_by_default
+from .adapt import adapted_params, should_adapt
 from .boundary import boundary_sample_parts, merge_summaries
 from .config import DataConfig
 from .data import CACHE_DIR, ImageSet
@@ -141,7 +141,7 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
     kept_total = min(requested, cap)
     dev = resolve_device(device)
     adapted = {}
-    if adapts_by_default(data, num_classes) if adapt is None else adapt:
+    if should_adapt(data, num_classes, adapt):
         params, adapted = adapted_params(model, {}, seed, dev)
         found = Candidates(model.spec, data, candidates, seed, download, params)
     else:
