@@ -120,6 +120,11 @@ class BoundaryConfig:
         _require(self.epsilon > 0, f"boundary epsilon must be positive, got {self.epsilon}")
         _require(self.pairs or self.deeper, "boundary samples need the pairs or their deeper copies kept")
 
+    @property
+    def samples_per_pair(self) -> int:
+        """Samples each kept pair adds to the set: the pair and/or its two deeper copies."""
+        return 2 * self.pairs + 2 * self.deeper
+
     def attack(self) -> dict:
         """Keyword arguments of boundary.boundary_pairs."""
         return {"targets": self.targets, "threshold": self.threshold, "max_steps": self.max_steps,

@@ -196,7 +196,6 @@ def write_selection(teacher, candidates: Candidates, index: torch.Tensor, labels
 # samples too: attacked in parts whose images and samples fit in it, and written to disk when all of
 # them would not (e.g. 25,000 images attacked at 224 px RGB: up to 15 GB of samples).
 MAX_IN_MEMORY_BYTES = 1 << 30
-SAMPLES_PER_ATTACK = 4  # a kept pair and its two deeper copies (boundary.ROLES)
 
 
 def held_in_memory(spec, selected: int) -> bool:
@@ -275,14 +274,15 @@ def _selection(teacher, candidates: Candidates, per_class: int | None, boundary,
 def _boundary_samples(teacher, candidates: Candidates, predictions: torch.Tensor, boundary, seed: int,
                       device: torch.device, scratch: Path) -> tuple["torch.Tensor | Pool", torch.Tensor, dict]:
     """Boundary samples from `boundary.fraction` of the candidates: their images (in memory, or a
-    pool in `scratch` when up to SAMPLES_PER_ATTACK per attacked image would not fit), labels and summary.
+    pool in `scratch` when the attacked images and up to `boundary.samples_per_pair` samples each
+    would not fit), labels and summary.
 
     In memory the whole share is attacked at once; on disk in parts of what memory holds, each
     part's samples written before the next part is attacked."""
     spec = teacher.spec
     image_bytes = spec.channels * spec.size ** 2
     attacked = max(1, round(boundary.fraction * len(predictions)))
-    per_part = MAX_IN_MEMORY_BYTES // ((1 + SAMPLES_PER_ATTACK) * image_bytes)  # attacked images and their samples
+    per_part = MAX_IN_MEMORY_BYTES // ((1 + boundary.samples_per_pair) * image_bytes)  # attacked images, their samples
     in_memory = attacked <= per_part
     parts = boundary_sample_parts(teacher, candidates.take, predictions, boundary.fraction, seed=seed,
                                   part_size=None if in_memory else max(1, per_part), device=device,

@@ -155,6 +155,10 @@ def test_a_set_on_disk_gets_boundary_samples_attacked_in_parts(planted, tmp_path
     assert torch.equal(teacher.net(images.float() / 255).argmax(1), pool.labels), "labels = the teacher's argmax"
     assert images[pool.labels == 1].unique(dim=0).shape[0] > 3, "the rare class gets new images, not 3 copies"
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["selection"], "the scratch samples are deleted"
+    pairs_only = BoundaryConfig(1.0, "least-predicted", max_steps=40, epsilon=0.5, deeper=False)
+    _, info = build_distillation_set(teacher, DataConfig(data, candidates=0, per_class=10, boundary=pairs_only), 0,
+                                     CPU, store=tmp_path / "pairs" / "selection")
+    assert info["boundary"]["parts"] == 7, "two samples a pair: 10 attacked a part, 31 // 3"
 
 
 def test_samples_on_disk_are_the_samples_the_parts_made(planted, tmp_path, monkeypatch):
