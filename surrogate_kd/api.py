@@ -244,13 +244,13 @@ def synthesize(source: str, count: int, out: str | Path, size: int = 32, channel
 
 def boundary(teacher, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
-             device: str = "auto", overwrite: bool = False, method: str = "auto") -> dict:
+             device: str = "auto", overwrite: bool = False, method: str = "auto", keep: str = "all") -> dict:
     """The images of `data` plus decision-boundary samples, written as a pool (boundary.boundary)."""
     from .boundary import boundary as write_boundary
 
     return write_boundary(teacher, data, out, fraction=fraction, targets=targets, threshold=threshold,
                           max_steps=max_steps, epsilon=epsilon, seed=seed, device=device, overwrite=overwrite,
-                          method=method)
+                          method=method, keep=keep)
 
 
 def augment_preview(data: str, out: str | Path = "augment-preview.png", regime: str = "high",

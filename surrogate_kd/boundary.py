@@ -36,11 +36,12 @@ from .boundary_attack import (BISECTION_STEPS, GREY_LEVEL, Bisection, GradientAt
                               default_batch_size)
 from .boundary_slots import SlotAttack
 from .checkpoint import load_model
-from .data import ImageSet, open_images
+from .config import BOUNDARY_KEEPS, BoundaryConfig
+from .data import ImageSet
 from .runtime import autocast_context, predict, resolve_device, resolve_strategy
 from .errors import UserError
-from .pool import claim_output, write_pool
-from .teacher import class_histogram, relative_entropy
+from .pool import claim_output
+from .teacher import Candidates, class_histogram, is_source, load_teacher, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
 METHODS = ("auto", "gradient", "bisection")
@@ -336,23 +337,34 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     return extended, summary
 
 
-def boundary(teacher: str | Path, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
+def boundary(teacher: "str | Path | torch.nn.Module", data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
-             device: str = "auto", overwrite: bool = False, method: str = "auto") -> dict:
-    """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples; returns the summary.
+             device: str = "auto", overwrite: bool = False, method: str = "auto", keep: str = "all") -> dict:
+    """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples, all labelled
+    with the teacher's argmax and stored with its logits; returns the summary.
 
-    `method`: auto (gradients when the teacher has them, else bisection), gradient or bisection."""
+    Made as `distill` makes a set's samples (select.write_with_boundary_samples): a pool is read a
+    chunk at a time and the attack runs in parts that fit in memory, so a set of any size works.
+    `method`: auto (gradients when the teacher has them, else bisection, which pairs each image with
+    a partner among the attacked images), gradient or bisection. `keep`: all, pairs or deeper
+    (config.BOUNDARY_KEEPS)."""
+    from .select import write_with_boundary_samples  # select builds on this module
+
+    if keep not in BOUNDARY_KEEPS:
+        raise UserError(f"unknown boundary keep '{keep}'; valid: {', '.join(BOUNDARY_KEEPS)}")
+    pairs, deeper = BOUNDARY_KEEPS[keep]
+    config = BoundaryConfig(fraction, targets, threshold=threshold, max_steps=max_steps, epsilon=epsilon,
+                            method=method, pairs=pairs, deeper=deeper)  # bad settings fail before the teacher loads
+    if is_source(data):
+        raise UserError(f"boundary attacks a stored set; '{data}' is a synthetic source: write it first "
+                        f"(surrogate-kd synthesize or select), or let distill add samples to it")
     claim_output(Path(out), overwrite)  # refuse a taken output before the attack, not after it
-    model = load_model(teacher)
+    model = load_teacher(teacher)
     dev = resolve_device(device)
     model.to(dev)
-    spec = model.spec
-    images = open_images(data, spec.size, spec.channels)
-    extended, summary = add_boundary_samples(model, images, fraction, seed, targets=targets, threshold=threshold,
-                                             max_steps=max_steps, epsilon=epsilon, device=dev, method=method)
+    candidates = Candidates(model.spec, data, 0, seed)
     params = {"teacher": str(teacher), "data": data, "fraction": fraction, "targets": targets,
-              "threshold": threshold, "max_steps": max_steps, "epsilon": epsilon, "method": method}
-    chunks = extended.images.split(4096)  # the writer copies one chunk at a time to numpy
-    write_pool(out, chunks, {"source": "boundary", "params": params, "seed": seed, "classes": list(spec.classes)},
-               labels=extended.labels, overwrite=overwrite)
+              "threshold": threshold, "max_steps": max_steps, "epsilon": epsilon, "method": method, "keep": keep}
+    manifest = {"source": "boundary", "params": params, "seed": seed, "classes": list(model.spec.classes)}
+    summary = write_with_boundary_samples(model, candidates, config, seed, out, manifest, dev, overwrite)
     return {**summary, "out": str(out)}

@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--seed", "which images are attacked, and their targets", type=int)
     _add(p, c, "--method", "gradient attack, or gradient-free bisection (auto: bisection for black-box teachers)",
          choices=["auto", "gradient", "bisection"])
+    _add(p, c, "--keep", "which of each pair's samples join the pool: all (the pair and its deeper copies), "
+         "pairs, or deeper (the copies alone)", choices=["all", "pairs", "deeper"])
     _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
     p.set_defaults(func=cmd_boundary)

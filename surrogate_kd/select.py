@@ -1,5 +1,6 @@
 """Teacher-guided distillation sets: the quotas of the paper's D_K, `select`, which writes one as a
-pool, and `build_distillation_set`, which chooses the fixed set a `distill` run trains on.
+pool, `build_distillation_set`, which chooses the fixed set a `distill` run trains on, and
+`write_with_boundary_samples`, the `boundary` command's pool (a set plus its boundary samples).
 
 Paper Sect. 3.2, Eq. 1: for every class c_i the teacher predicts, draw N_i images at random from
 those predicted as c_i; replicate a class predicted fewer than N_i times up to N_i; skip a class
@@ -329,6 +330,23 @@ class _WithSamples:
         return images
 
     chunks = Candidates.chunks  # the same chunking over these positions (it only calls len and take)
+
+
+def write_with_boundary_samples(teacher, candidates: Candidates, boundary, seed: int, out: str | Path,
+                                manifest: dict, device: torch.device, overwrite: bool = False) -> dict:
+    """Write every candidate followed by boundary samples from `boundary.fraction` of them as a pool at
+    `out`, labelled with the teacher's argmax and stored with its logits (like `select`'s pools);
+    returns the attack's summary. Made as `distill` makes a set's samples: the candidates a chunk at a
+    time, the attack in parts whose samples go to a scratch pool beside `out` when they would not fit
+    in memory, so a set of any size on disk gets them."""
+    predictions = torch.from_numpy(scan_candidates(teacher, candidates, device)["predicted"]).long()
+    with _scratch(Path(out).parent) as scratch:
+        samples, sample_labels, summary = _boundary_samples(teacher, candidates, predictions, boundary, seed, device,
+                                                            scratch)
+        everything = _WithSamples(candidates, samples)
+        write_selection(teacher, everything, torch.arange(len(everything)), torch.cat([predictions, sample_labels]),
+                        out, manifest, device, overwrite=overwrite)
+    return summary
 
 
 def _stored_selection(teacher, candidates: Candidates, data: DataConfig, seed: int, device: torch.device,

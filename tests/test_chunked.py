@@ -5,13 +5,14 @@ sets on disk and reused, boundary samples still filling rare classes; on conftes
 import numpy as np
 import pytest
 import torch
-from conftest import raises_one_line
+from conftest import TINY_SPEC, raises_one_line
 
 from surrogate_kd import select as select_module
 from surrogate_kd import teacher as teacher_module
-from surrogate_kd.boundary import add_boundary_samples, boundary_sample_parts, merge_summaries
+from surrogate_kd.boundary import add_boundary_samples, boundary, boundary_sample_parts, merge_summaries
 from surrogate_kd.batches import ArrayBatches, PoolBatches, make_batches
 from surrogate_kd.config import BoundaryConfig, DataConfig
+from surrogate_kd.data import ImageSet
 from surrogate_kd.pool import Pool, write_pool
 from surrogate_kd.select import balanced_indices, build_distillation_set
 from surrogate_kd.teacher import Candidates, class_histogram, load_candidates, scan_candidates
@@ -181,6 +182,30 @@ def test_samples_on_disk_are_the_samples_the_parts_made(planted, tmp_path, monke
     index = balanced_indices(labels, 4, 10, seed=0)
     assert torch.equal(chosen.images, everything[index]) and torch.equal(chosen.labels, labels[index])
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [], "the scratch samples are deleted"
+
+
+def test_the_boundary_command_attacks_a_pool_too_large_for_memory_in_parts(planted, tmp_path, monkeypatch):
+    """`boundary` on a stored pool: read a chunk at a time, attacked in parts with the samples on disk,
+    written as the pool's images then the samples, all labelled by the teacher; in one part (a set
+    that fits) the samples are add_boundary_samples', as the command wrote them before parts."""
+    small_chunks(monkeypatch, 10)
+    classes = [0] * 30 + [1] * 3 + [2] * 12 + [3] * 20
+    images = torch.from_numpy(planted.images(classes)).unsqueeze(1)
+    write_pool(tmp_path / "set", images.split(16), {"source": "test"})
+    teacher = planted.teacher()
+    attack = dict(targets="least-predicted", max_steps=40, epsilon=0.5)
+    whole = boundary(teacher, str(tmp_path / "set"), tmp_path / "whole", fraction=1.0, device="cpu", **attack)
+    extended, _ = add_boundary_samples(teacher, ImageSet(images, None, TINY_SPEC.classes, "set"), 1.0, **attack)
+    assert torch.equal(Pool(tmp_path / "whole").images(0, whole["images_after"]), extended.images)
+    monkeypatch.setattr(select_module, "MAX_IN_MEMORY_BYTES", 31 * IMAGE_BYTES)  # 6 attacked a part: 31 // 5
+    summary = boundary(teacher, str(tmp_path / "set"), tmp_path / "parts", fraction=1.0, device="cpu", **attack)
+    pool = Pool(tmp_path / "parts")
+    assert summary["parts"] == 11 and summary["samples"] > 0 and len(pool) == 65 + summary["samples"]
+    written = pool.images(0, len(pool))
+    assert torch.equal(written[:65], images), "the pool's own images first, in order"
+    assert torch.equal(teacher.net(written.float() / 255).argmax(1), pool.labels), "labels = the teacher's argmax"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts", "set", "whole"], "the scratch samples are deleted"
+    raises_one_line(lambda: boundary(teacher, "shaders", tmp_path / "x", device="cpu"), "synthetic source", "select")
 
 
 def test_a_part_counts_the_samples_of_the_parts_before_it(planted):
