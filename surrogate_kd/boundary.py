@@ -35,7 +35,6 @@ from torch import Tensor
 from .boundary_attack import (BISECTION_STEPS, GREY_LEVEL, Bisection, GradientAttack, bold_driver,  # noqa: F401
                               default_batch_size)
 from .boundary_slots import SlotAttack
-from .checkpoint import load_model
 from .config import BOUNDARY_KEEPS, BoundaryConfig
 from .data import ImageSet
 from .runtime import autocast_context, predict, resolve_device, resolve_strategy
@@ -337,9 +336,10 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
     return extended, summary
 
 
-def boundary(teacher: "str | Path | torch.nn.Module", data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
-             threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
-             device: str = "auto", overwrite: bool = False, method: str = "auto", keep: str = "all") -> dict:
+def boundary(teacher: "str | Path | torch.nn.Module", data: str, out: str | Path, fraction: float = 1.0,
+             targets: str = "random", threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255,
+             seed: int = 0, device: str = "auto", overwrite: bool = False, method: str = "auto",
+             keep: str = "all") -> dict:
     """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples, all labelled
     with the teacher's argmax and stored with its logits; returns the summary.
 
