@@ -29,7 +29,7 @@ from . import parallel
 from .adapt import should_adapt
 from .batches import ArrayBatches, make_batches
 from .checkpoint import provenance
-from .config import BOUNDARY_KEEPS, BoundaryConfig, DataConfig, InputSpec
+from .config import BoundaryConfig, DataConfig, InputSpec, keep_flags
 from .data import DATASET_STATS, ImageSet, open_images
 from .distill import train
 from .errors import UserError
@@ -151,10 +151,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
                                                                     getattr(teacher_model, "differentiable", True))
     if boundary_every_epoch and not boundary_fraction:
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
-    keep = BOUNDARY_KEEP if boundary_keep is None else boundary_keep
-    if keep not in BOUNDARY_KEEPS:
-        raise UserError(f"unknown boundary keep '{keep}'; valid: {', '.join(BOUNDARY_KEEPS)}")
-    pairs, deeper = BOUNDARY_KEEPS[keep]
+    pairs, deeper = keep_flags(BOUNDARY_KEEP if boundary_keep is None else boundary_keep)
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method,
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
@@ -244,7 +241,7 @@ def synthesize(source: str, count: int, out: str | Path, size: int = 32, channel
 
 def boundary(teacher, data: str, out: str | Path, fraction: float = 1.0, targets: str = "random",
              threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255, seed: int = 0,
-             device: str = "auto", overwrite: bool = False, method: str = "auto", keep: str = "all") -> dict:
+             device: str = "auto", overwrite: bool = False, method: str = "auto", keep: str = BOUNDARY_KEEP) -> dict:
     """The images of `data` plus decision-boundary samples, written as a pool (boundary.boundary)."""
     from .boundary import boundary as write_boundary
 

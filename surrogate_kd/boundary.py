@@ -35,11 +35,12 @@ from torch import Tensor
 from .boundary_attack import (BISECTION_STEPS, GREY_LEVEL, Bisection, GradientAttack, bold_driver,  # noqa: F401
                               default_batch_size)
 from .boundary_slots import SlotAttack
-from .config import BOUNDARY_KEEPS, BoundaryConfig
+from .config import BoundaryConfig, keep_flags
 from .data import ImageSet
 from .runtime import autocast_context, predict, resolve_device, resolve_strategy
 from .errors import UserError
 from .pool import claim_output
+from .recipe import BOUNDARY_KEEP
 from .teacher import Candidates, class_histogram, is_source, load_teacher, relative_entropy
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
@@ -339,7 +340,7 @@ def add_boundary_samples(teacher: torch.nn.Module, image_set: ImageSet, fraction
 def boundary(teacher: "str | Path | torch.nn.Module", data: str, out: str | Path, fraction: float = 1.0,
              targets: str = "random", threshold: float = 0.9, max_steps: int = 20, epsilon: float = 32 / 255,
              seed: int = 0, device: str = "auto", overwrite: bool = False, method: str = "auto",
-             keep: str = "all") -> dict:
+             keep: str = BOUNDARY_KEEP) -> dict:
     """Write a pool at `out`: the images of `data` (a set or a pool) plus boundary samples, all labelled
     with the teacher's argmax and stored with its logits; returns the summary.
 
@@ -347,12 +348,10 @@ def boundary(teacher: "str | Path | torch.nn.Module", data: str, out: str | Path
     chunk at a time and the attack runs in parts that fit in memory, so a set of any size works.
     `method`: auto (gradients when the teacher has them, else bisection, which pairs each image with
     a partner among the attacked images), gradient or bisection. `keep`: all, pairs or deeper
-    (config.BOUNDARY_KEEPS)."""
+    (config.BOUNDARY_KEEPS; default recipe.BOUNDARY_KEEP, as `distill`)."""
     from .select import write_with_boundary_samples  # select builds on this module
 
-    if keep not in BOUNDARY_KEEPS:
-        raise UserError(f"unknown boundary keep '{keep}'; valid: {', '.join(BOUNDARY_KEEPS)}")
-    pairs, deeper = BOUNDARY_KEEPS[keep]
+    pairs, deeper = keep_flags(keep)
     config = BoundaryConfig(fraction, targets, threshold=threshold, max_steps=max_steps, epsilon=epsilon,
                             method=method, pairs=pairs, deeper=deeper)  # bad settings fail before the teacher loads
     if is_source(data):

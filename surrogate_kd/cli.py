@@ -13,7 +13,7 @@ import json
 import sys
 
 from . import __version__
-from .config import parse_assignments
+from .config import BOUNDARY_KEEPS, parse_assignments
 from .recipe import BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, distill_recipe, teacher_recipe
 from .errors import UserError
 
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--boundary-keep", "which of each boundary pair's samples join the set: all (the pair and its deeper "
                                   "copies, one more step into each side), pairs, or deeper (the copies alone); "
                                   f"default: {BOUNDARY_KEEP}",
-         choices=["all", "pairs", "deeper"])
+         choices=list(BOUNDARY_KEEPS))
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
                           "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
          action=argparse.BooleanOptionalAction)
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--method", "gradient attack, or gradient-free bisection (auto: bisection for black-box teachers)",
          choices=["auto", "gradient", "bisection"])
     _add(p, c, "--keep", "which of each pair's samples join the pool: all (the pair and its deeper copies), "
-         "pairs, or deeper (the copies alone)", choices=["all", "pairs", "deeper"])
+         "pairs, or deeper (the copies alone)", choices=list(BOUNDARY_KEEPS))
     _add(p, c, "--device", "auto, cpu, cuda, cuda:N")
     _add(p, c, "--overwrite", "replace a pool at --out", action="store_true")
     p.set_defaults(func=cmd_boundary)

@@ -94,6 +94,12 @@ class TrainConfig:
 BOUNDARY_KEEPS = {"all": (True, True), "pairs": (True, False), "deeper": (False, True)}
 
 
+def keep_flags(keep: str) -> tuple[bool, bool]:
+    """(pairs, deeper) of BoundaryConfig for a --boundary-keep value; a one-line error for another."""
+    _require(keep in BOUNDARY_KEEPS, f"unknown boundary keep '{keep}'; valid: {', '.join(BOUNDARY_KEEPS)}")
+    return BOUNDARY_KEEPS[keep]
+
+
 @dataclass(frozen=True)
 class BoundaryConfig:
     """Decision-boundary samples (paper Sect. 4.1): which share of the set to attack, and how."""
