@@ -35,7 +35,7 @@ from torch import Tensor
 from .boundary_attack import (BISECTION_STEPS, GREY_LEVEL, Bisection, GradientAttack, bold_driver,  # noqa: F401
                               default_batch_size)
 from .boundary_slots import SlotAttack
-from .config import BoundaryConfig, keep_flags
+from .config import BOUNDARY_ROLES, BoundaryConfig, keep_flags, kept_roles
 from .data import ImageSet
 from .runtime import autocast_context, predict, resolve_device, resolve_strategy
 from .errors import UserError
@@ -45,12 +45,11 @@ from .teacher import Candidates, class_histogram, is_source, load_teacher, relat
 
 TARGET_MODES = ("random", "nearest", "least-predicted")
 METHODS = ("auto", "gradient", "bisection")
-ROLES = ("pre", "post", "pre_deeper", "post_deeper")
 
 
 @dataclass
 class BoundaryResult:
-    """K kept pairs as 4K samples, in blocks of K: pre, post, pre deeper, post deeper (see ROLES);
+    """K kept pairs as 4K samples, in blocks of K: pre, post, pre deeper, post deeper (see BOUNDARY_ROLES);
     2K when only the pairs or only their deeper copies are kept (`roles`)."""
 
     images: Tensor  # (4K or 2K, C, H, W) uint8
@@ -58,7 +57,7 @@ class BoundaryResult:
     targets: Tensor  # (K,) int64, the class each pair was pushed towards
     source: Tensor  # (K,) int64, index of the attacked image each pair came from
     summary: dict
-    roles: tuple[str, ...] = ROLES  # the blocks present, in order
+    roles: tuple[str, ...] = BOUNDARY_ROLES  # the blocks present, in order
 
     def part(self, role: str) -> tuple[Tensor, Tensor]:
         """(K, C, H, W) images and (K,) labels of one role: pre, post, pre_deeper or post_deeper."""
@@ -219,7 +218,7 @@ def boundary_pairs(teacher: torch.nn.Module, images: Tensor, targets: str = "ran
     crossed, within, steps, kept = (torch.cat([p[k] for p in parts]) for k in ("crossed", "within", "steps", "kept"))
     samples = torch.cat([p["images"] for p in parts], 1)  # (4 or 2, K, C, H, W) uint8
     labels = torch.cat([p["labels"] for p in parts], 1)  # (4 or 2, K)
-    roles = (ROLES[:2] if pairs else ()) + (ROLES[2:] if deeper else ())
+    roles = kept_roles(pairs, deeper)
     result = BoundaryResult(samples.flatten(0, 1), labels.flatten(), target[kept], kept, {}, roles)
 
     before = class_histogram(logits.argmax(1), num_classes) if class_counts is None else class_counts.cpu()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import kept_roles
 from .errors import UserError
 
 # Halvings of the segment: 2^-10 of the longest segment (255 grey levels) is a quarter grey level, so
@@ -169,7 +170,7 @@ class _Attack:
                  pairs: bool = True):
         self.teacher, self.batch_size, self.strategy, self.capture = teacher, batch_size, strategy, capture
         self.autocast, self.deeper, self.pairs = autocast, deeper, pairs
-        self.roles = 2 * pairs + 2 * deeper  # samples per kept pair
+        self.roles = len(kept_roles(pairs, deeper))  # samples per kept pair
         self.state = None
         self.passes = 0
 

@@ -92,6 +92,14 @@ class TrainConfig:
 
 # Which of a boundary pair's samples join the set (--boundary-keep): (the pair, its deeper copies).
 BOUNDARY_KEEPS = {"all": (True, True), "pairs": (True, False), "deeper": (False, True)}
+# A boundary pair's samples, in the order the attack stacks them: the pair itself (either side of the
+# boundary), then its two copies one step deeper inside each class.
+BOUNDARY_ROLES = ("pre", "post", "pre_deeper", "post_deeper")
+
+
+def kept_roles(pairs: bool, deeper: bool) -> tuple[str, ...]:
+    """The samples each kept pair adds to the set, in order (BOUNDARY_ROLES without what is dropped)."""
+    return (BOUNDARY_ROLES[:2] if pairs else ()) + (BOUNDARY_ROLES[2:] if deeper else ())
 
 
 def keep_flags(keep: str) -> tuple[bool, bool]:
@@ -129,7 +137,7 @@ class BoundaryConfig:
     @property
     def samples_per_pair(self) -> int:
         """Samples each kept pair adds to the set: the pair and/or its two deeper copies."""
-        return 2 * self.pairs + 2 * self.deeper
+        return len(kept_roles(self.pairs, self.deeper))
 
     def attack(self) -> dict:
         """Keyword arguments of boundary.boundary_pairs."""
