@@ -100,7 +100,7 @@ def _figure_mask(seed: int, programs: Tensor, attempt: "int | Tensor", size: int
     ramps linearly over a width of 0.02-0.3 around d = 0 (a ramp, not a sigmoid: see the module
     notes on position-dependent CPU ops). warp, trace: as in `Draws`.
     """
-    n, device = programs.numel(), programs.device
+    device = programs.device
     u = Draws(seed, programs, salt=FIGURE_SALT + attempt, warp=warp, trace=trace).uniform(9)
     grid = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
     y = grid.view(1, size, 1) - param(u, 1, -0.3, 0.3)
