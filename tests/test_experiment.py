@@ -71,6 +71,25 @@ def test_a_checkpoint_teacher_is_reported_with_its_own_architecture(tmp_path, ti
     assert plan(config).teachers["t"].arch == "convnet_tiny", "from its sidecar, not the config's default arch"
 
 
+def test_only_needs_the_checkpoints_of_the_teachers_it_selects(tmp_path, tiny_spec):
+    """A study's cells of one teacher can start while another teacher is still training."""
+    from surrogate_kd.checkpoint import save_model
+    from surrogate_kd.models import build_model
+
+    weights = save_model(build_model("convnet_tiny", tiny_spec), tmp_path / "t" / "model.safetensors")
+    later = tmp_path / "later" / "model.safetensors"
+    config = {"out": str(tmp_path / "out"), "students": ["convnet_tiny"], "sets": {"noise": {"data": "noise"}},
+              "teachers": {"t": {"checkpoint": str(weights)}, "later": {"checkpoint": str(later)}}}
+    p = plan(config)
+    assert p.teachers["later"].arch == "-"
+    p.check_teachers(p.select("t"))  # no error: 'later' is not selected
+    with pytest.raises(UserError, match=f"teachers.later.checkpoint: no such file '{later}'"):
+        p.check_teachers(p.select("later"))
+    with pytest.raises(UserError, match="teachers.later.checkpoint"):
+        experiment(config, only="later")
+    assert not (tmp_path / "out").exists()
+
+
 def test_grid_is_the_product_of_teachers_students_sets_and_axes():
     p = plan(TINY)
     assert [c.name for c in p.cells] == [f"fmnist/convnet_tiny/{s}/targets={t}"
@@ -116,7 +135,8 @@ def test_settings_reach_nested_keys_and_grid_bundles_split_into_set_and_recipe()
     (lambda c: c["sets"].update(extra={"data": "no/such/set"}), "sets.extra.data: no such image set"),
     (lambda c: c["sets"]["original"].update(params={"figure": 1}), "params are a synthetic source's"),
     (lambda c: c.pop("sets"), "sets: required"),
-    (lambda c: c["teachers"].update(old={"checkpoint": "no/such/model.safetensors"}), "teachers.old.checkpoint"),
+    (lambda c: c["teachers"].update(old={"checkpoint": "no/such/model.safetensors", "data": "fashion-mnist"}),
+     "teachers.old.checkpoint"),
 ])
 def test_bad_config_is_one_line_error_naming_the_key_before_any_work(tmp_path, change, named):
     config = tiny_config() | {"out": str(tmp_path / "out")}

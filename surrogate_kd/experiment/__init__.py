@@ -74,6 +74,7 @@ def experiment(config_path, settings=None, only=None, jobs=None) -> dict:
         raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
     the_plan = plan(config_path, settings)
     cells = the_plan.select(only)
+    the_plan.check_teachers(cells)
     writable_directory(the_plan.out)
     command = " ".join(["surrogate-kd experiment", str(config_path)]
                        + [f"--set {s}" for s in (settings if isinstance(settings, (list, tuple)) else [])]

@@ -67,6 +67,14 @@ class Plan:
                             "variant or axis=value")
         return chosen
 
+    def check_teachers(self, cells: list[Cell]) -> None:
+        """A checkpoint teacher must exist for the cells about to run; the others' may not exist yet (so
+        `--only` can start one teacher's cells while another teacher still trains)."""
+        for name in dict.fromkeys(c.teacher for c in cells):
+            t = self.teachers[name]
+            if t.config is None and not t.checkpoint.exists():
+                raise UserError(f"{self.source}: teachers.{name}.checkpoint: no such file '{t.checkpoint}'")
+
 
 def _matches(cell: Cell, wanted: str) -> bool:
     groups = {cell.teacher, cell.student, cell.set, cell.variant, *(f"{a}={v}" for a, v in cell.axes)}
@@ -128,8 +136,11 @@ def _default_eval(data: str | None) -> str | None:
 
 def _checkpoint_arch(path: Path) -> str:
     """A checkpoint teacher's architecture, from its sidecar (what the report's teacher table shows);
-    a format without one (ONNX, TorchScript) is named by its suffix."""
+    a format without one (ONNX, TorchScript) is named by its suffix; one not there yet by '-'."""
     from ..checkpoint import read_sidecar
+
+    if not path.exists():
+        return "-"
 
     try:
         return read_sidecar(path.with_suffix(".json"))[0]
@@ -179,8 +190,6 @@ def _plan(raw: dict, source: str) -> Plan:
         check_arch(t.arch, f"{where}.arch")
         if t.data is not None:
             check_data(t.data, f"{where}.data")
-        if t.checkpoint is not None and not Path(t.checkpoint).exists():
-            raise UserError(f"{where}.checkpoint: no such file '{t.checkpoint}'")
         trained = t.checkpoint is None
         run_out = Path(t.out) if t.out else out / "teachers" / name
         config = _recipe(teacher_recipe(), [(t.train, f"{where}.train")], spec.device) if trained else None
