@@ -4,7 +4,8 @@ A YAML file names teachers, students, distillation sets and recipe variants; eac
 (teacher, student, set, variant) and one `distill` run directory under OUT/cells/, so a finished
 cell is reused and an interrupted one resumes (rundir.py) when the experiment runs again. The
 whole file is checked before anything runs: an unknown key or a wrong type is a one-line error
-naming the key.
+naming the key. A checkpoint teacher's file must exist only when its cells are selected, so
+`--only` can run one teacher's cells while another is still training.
 
     name: table1                          # title of results.md (default: the file's name)
     out: runs/experiments/table1          # default: runs/experiments/<file stem>
