@@ -29,13 +29,15 @@ from . import parallel
 from .adapt import should_adapt
 from .batches import ArrayBatches, make_batches
 from .checkpoint import provenance
-from .config import BoundaryConfig, DataConfig, InputSpec, keep_flags
+from .config import BoundaryConfig, DataConfig, InputSpec, RefineConfig, keep_flags
 from .data import DATASET_STATS, ImageSet, open_images
 from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
 from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_config, resolve, teacher_recipe, why
 from .recipe import boundary_fraction as default_boundary_fraction
+from .recipe import refine_steps as default_refine_steps
+from .refine import can_refine
 from .recipe import data_kind as default_data_kind
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
@@ -119,7 +121,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
             candidates: int = CANDIDATES, per_class: int | None = PER_CLASS, stream: bool = False,
             boundary_fraction: float | None = None, boundary_targets: str = "least-predicted",
             boundary_every_epoch: bool = False, boundary_method: str = "auto", boundary_keep: str | None = None,
-            adapt: bool | None = None,
+            adapt: bool | None = None, refine_steps: int | None = None,
             params: dict | None = None, data_kind: str | None = None,
             eval_data: str | None = None, download: bool = False, overwrite: bool = False,
             config=None, settings=None, **train_settings) -> dict:
@@ -138,6 +140,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     or deeper (the copies alone); None: recipe.BOUNDARY_KEEP.
     `adapt`: steer the shader programs with the teacher's predictions before rendering any
     (adapt.py); None: on for shaders and teachers of up to 100 classes (adapt.adapts_by_default).
+    `refine_steps` > 0 refines the selected images (not the boundary samples) towards the teacher's
+    BatchNorm statistics for that many steps (refine.py); None: the recipe's choice
+    (recipe.refine_steps).
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
     kind = data_kind or default_data_kind(data)
@@ -151,11 +156,18 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
                                                                     getattr(teacher_model, "differentiable", True))
     if boundary_every_epoch and not boundary_fraction:
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
+    refine_why = "as given"
+    if refine_steps is None:
+        refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model))
+    elif refine_steps and not can_refine(teacher_model):
+        raise UserError("--refine-steps matches the teacher's BatchNorm statistics through its gradients; this teacher "
+                        "has no BatchNorm running statistics or no gradients")
     pairs, deeper = keep_flags(BOUNDARY_KEEP if boundary_keep is None else boundary_keep)
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method,
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
-                          should_adapt(data, teacher_model.num_classes, adapt))
+                          should_adapt(data, teacher_model.num_classes, adapt),
+                          RefineConfig(refine_steps) if refine_steps else None)
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.
     run = RunDir(out, "distill", {"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),
@@ -176,7 +188,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         if parallel.is_main():
             save_grid(first, run.path / "samples.png")  # what the student is shown (before augmentation)
         _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {why(kind, cfg)}; any field can be set; "
-             f"boundary samples: {boundary_why} (--boundary-fraction)")
+             f"boundary samples: {boundary_why} (--boundary-fraction); refinement: {refine_why} (--refine-steps)")
         torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
         model = build_model(student, spec)
         result = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=run.path,

@@ -146,6 +146,22 @@ class BoundaryConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """Surrogate images refined towards the teacher's BatchNorm statistics (refine.py)."""
+
+    steps: int = 40
+    lr: float = 0.02
+    bn_weight: float = 0.05
+    jitter: int = 2  # pixels of random shift per step
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("steps", "lr", "bn_weight"):
+            _require(getattr(self, name) > 0, f"refine {name} must be positive, got {getattr(self, name)}")
+        _require(self.jitter >= 0, f"refine jitter must be >= 0, got {self.jitter}")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """What the student is shown: a source or image set, how it is selected, streamed and extended.
 
@@ -162,6 +178,7 @@ class DataConfig:
     source_params: tuple[tuple[str, Any], ...] = ()
     boundary: BoundaryConfig | None = None
     adapt: bool = False
+    refine: RefineConfig | None = None  # the selected images refined towards the teacher's statistics
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -170,6 +187,7 @@ class DataConfig:
         _require(self.per_class is None or self.per_class > 0,
                  f"per-class count must be positive (or None to keep all), got {self.per_class}")
         _require(not (self.stream and self.boundary), "boundary samples need a fixed set; drop stream or boundary")
+        _require(not (self.stream and self.refine), "refining images needs a fixed set; drop stream or refine")
         _require(not self.adapt or self.data == "shaders",
                  f"adapt steers shader programs; '{self.data}' is not shaders")
 
@@ -180,7 +198,8 @@ def field_defaults() -> dict[str, dict[str, Any]]:
     is no difference when it takes its default (rundir.differences), so upgrading resumes runs."""
     def defaults(cls) -> dict[str, Any]:
         return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
-    return {"train": defaults(TrainConfig), "data": defaults(DataConfig), "boundary": defaults(BoundaryConfig)}
+    return {"train": defaults(TrainConfig), "data": defaults(DataConfig), "boundary": defaults(BoundaryConfig),
+            "refine": defaults(RefineConfig)}
 
 
 def _require(condition: bool, message: str) -> None:

@@ -65,6 +65,11 @@ BOUNDARY_FRACTION = 0.5
 BOUNDARY_KEEP = "all"
 
 
+# Refining the selected images towards the teacher's BatchNorm statistics (refine.py) for this many
+# steps: 0, off by default until a study on several teachers says otherwise (docs/recipe.md, study 8).
+REFINE_STEPS = 0
+
+
 def data_kind(data: str) -> str:
     """'synthetic' for generated sources; 'real' for image sets and for `photos` (real photographs,
     out of domain). Both take the same recipe today; the kind picks the regime at long budgets."""
@@ -97,6 +102,19 @@ def boundary_fraction(kind: str, stream: bool, differentiable: bool) -> tuple[fl
         if off:
             return 0.0, f"none: {reason}"
     return BOUNDARY_FRACTION, f"from {BOUNDARY_FRACTION:g} of the candidates (synthetic data, docs/recipe.md study 4)"
+
+
+def refine_steps(kind: str, stream: bool, refinable: bool) -> tuple[int, str]:
+    """The refinement steps when the caller does not say, and why (the run's log line): REFINE_STEPS
+    for a fixed synthetic set of a teacher with BatchNorm statistics and gradients, else 0."""
+    if kind != "synthetic":
+        return 0, "none for real data"
+    for off, reason in ((stream, "--stream draws fresh images"),
+                        (not refinable, "the teacher has no BatchNorm statistics or no gradients")):
+        if off:
+            return 0, f"none: {reason}"
+    return REFINE_STEPS, (f"{REFINE_STEPS} steps towards the teacher's BatchNorm statistics" if REFINE_STEPS
+                          else "off by default (docs/recipe.md, study 8)")
 
 
 def distill_config(kind: str, layers: Callable[[TrainConfig], TrainConfig]) -> TrainConfig:

@@ -27,6 +27,7 @@ from .data import CACHE_DIR, ImageSet
 from .errors import UserError
 from .pool import Pool, write_pool
 from .recipe import CANDIDATES
+from .refine import chosen_refiner
 from .report import rare_classes
 from .runtime import predict, resolve_device
 from .teacher import Candidates, class_histogram, load_teacher, relative_entropy, scan_candidates, teacher_fingerprint
@@ -169,9 +170,10 @@ def select(teacher, data: str, out: str | Path, per_class: int, total: int | Non
 
 def write_selection(teacher, candidates: Candidates, index: torch.Tensor, labels: torch.Tensor, out: str | Path,
                     manifest: dict, device: torch.device | None = None, batch_size: int = 1024,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, transform=None) -> Path:
     """Pass 2 of a selection: the candidates at `index` (S,), written as a pool with their labels
     (S,) and the teacher's logits (S, K), a chunk at a time (only the logits are held whole).
+    `transform(positions, images, labels) -> images` changes each chunk before it is written.
 
     The logits are those of the images as written, so `distill`, `score` and `select` read them
     from the pool instead of asking the teacher again (teacher.teacher_logits).
@@ -180,7 +182,9 @@ def write_selection(teacher, candidates: Candidates, index: torch.Tensor, labels
 
     def chunks():
         done = 0
-        for _, images in candidates.chunks(index):
+        for positions, images in candidates.chunks(index):
+            if transform is not None:
+                images = transform(positions, images, labels[done:done + len(images)])
             logits[done:done + len(images)] = predict(teacher, images, batch_size=batch_size, device=device)
             done += len(images)
             yield images
@@ -233,7 +237,10 @@ def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.d
             return _stored_selection(teacher, candidates, data, seed, device, store)
     with _scratch(CACHE_DIR if boundary else None) as scratch:
         info, chosen, labels, index = _selection(teacher, candidates, data.per_class, boundary, seed, device, scratch)
-        return ImageSet(chosen.take(index), labels[index], spec.classes, candidates.name), info
+        images = chosen.take(index)
+        if data.refine is not None:
+            images = chosen_refiner(teacher, data.refine, len(candidates), seed, device, info)(index, images, labels[index])
+        return ImageSet(images, labels[index], spec.classes, candidates.name), info
 
 
 @contextmanager
@@ -369,5 +376,7 @@ def _stored_selection(teacher, candidates: Candidates, data: DataConfig, seed: i
                                                  scratch)
         manifest = {"source": "selection", "seed": seed, "classes": list(teacher.spec.classes), "selection_key": key,
                     "params": identity, "candidates_info": info}
-        write_selection(teacher, chosen, index, labels[index], path, manifest, device, overwrite=True)
+        transform = chosen_refiner(teacher, data.refine, len(candidates), seed, device, info) if data.refine else None
+        write_selection(teacher, chosen, index, labels[index], path, manifest, device, overwrite=True,
+                        transform=transform)
     return Pool(path), info

@@ -106,6 +106,22 @@ def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
         assert fraction == 0 and reason.startswith("none"), off
 
 
+def test_distill_refines_the_selected_candidates_but_not_the_boundary_samples(tmp_path, tiny_dataset, capsys):
+    teacher = tmp_path / "teacher"
+    api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)
+    weights = teacher / "model.safetensors"
+    common = dict(candidates=64, per_class=8, adapt=False, **TINY_API)
+    plain = api.distill(weights, "shaders", tmp_path / "plain", **common)
+    assert "refined" not in plain and plain["config"]["data"]["refine"] is None, "off by default"
+    assert "refinement: off by default" in capsys.readouterr().err
+    refined = api.distill(weights, "shaders", tmp_path / "refined", refine_steps=2, **common)
+    assert refined["config"]["data"]["refine"]["steps"] == 2, "recorded in the run's identity"
+    chosen_samples = refined["selected"] - refined["refined"]["images"]
+    assert refined["refined"]["images"] > 0 and chosen_samples > 0, "candidates refined, boundary samples kept as made"
+    raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "stream", refine_steps=2, stream=True,
+                                        boundary_fraction=0, **common), "refining images needs a fixed set")
+
+
 def test_distill_adds_boundary_samples_unless_told_not_to(tmp_path, tiny_dataset, capsys):
     teacher = tmp_path / "teacher"
     api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)

@@ -264,3 +264,29 @@ def test_the_boundary_method_reaches_the_attack(planted, tmp_path, method):
 
 def test_an_unknown_boundary_method_is_one_line():
     raises_one_line(lambda: BoundaryConfig(0.1, method="fgsm"), "unknown boundary method 'fgsm'", "bisection")
+
+
+def test_a_set_on_disk_is_refined_chunk_by_chunk_and_stored_with_the_logits_of_its_images(tmp_path, monkeypatch):
+    """Refinement (refine.py) on the on-disk path: each chunk refined before it is written, and the
+    pool's logits are the teacher's on the refined images, not on the candidates they came from."""
+    from surrogate_kd.config import RefineConfig
+    from surrogate_kd.models import build_model
+
+    small_chunks(monkeypatch, 7)
+    monkeypatch.setattr(select_module, "MAX_IN_MEMORY_BYTES", 10 * IMAGE_BYTES)  # 20 selected: on disk
+    torch.manual_seed(0)
+    teacher = build_model("convnet_tiny", TINY_SPEC).eval()  # random weights; BatchNorm statistics to match
+    with torch.no_grad():
+        teacher.net.fc.weight.mul_(100)  # logits that differ from image to image by more than bf16's rounding
+    plain, _ = build_distillation_set(teacher, DataConfig("noise", candidates=40, per_class=5), 0, CPU,
+                                      store=tmp_path / "plain")
+    data = DataConfig("noise", candidates=40, per_class=5, refine=RefineConfig(steps=3, lr=0.05))
+    refined, info = build_distillation_set(teacher, data, 0, CPU, store=tmp_path / "refined")
+    assert isinstance(refined, Pool) and len(refined) == len(plain) == 20
+    assert info["refined"]["images"] == 20 and info["refined"]["steps"] == 3
+    images, before = refined.images(0, 20), plain.images(0, 20)
+    with torch.no_grad():
+        logits, logits_before = teacher(images.float() / 255), teacher(before.float() / 255)
+    stored = torch.as_tensor(refined.logits)
+    assert torch.allclose(stored, logits, rtol=0.02, atol=0.05)
+    assert not torch.allclose(stored, logits_before, rtol=0.02, atol=0.05), "the images moved, and their logits"

@@ -1,0 +1,134 @@
+"""Surrogate images refined towards the teacher's own data statistics (DeepInversion's prior).
+
+A teacher with BatchNorm layers carries, in their running means and variances, the first two
+moments of its training data's features at every depth. DeepInversion (Yin et al., CVPR 2020)
+synthesises images from noise by matching the batch's feature moments to those statistics while
+the teacher's cross-entropy holds a target class. Here the same objective starts from the
+surrogate images themselves (shaders, leaves, photos) and takes a few steps only: the images keep
+the source's diversity and move towards what the teacher's data looked like, as the teacher saw it.
+
+One refinement step of a batch of REFINE_BATCH images (its labels: the class the teacher gave
+each image at selection):
+
+    loss = CE(teacher(jitter(x)), labels) + bn_weight * sum over BatchNorm layers of
+           ||mean(features) - running_mean|| + ||var(features) - running_var||
+
+with Adam on the pixels, x kept in [0, 1] and rounded to uint8 at the end. The moments are the
+batch's, so a batch is always REFINE_BATCH images in the order of the set, whatever the device:
+the same set, seed and teacher give the same images. Jitter (a random shift of up to `jitter`
+pixels, wrapping) keeps the images from fitting one alignment of the teacher's filters.
+"""
+
+from contextlib import contextmanager
+from dataclasses import asdict
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import parallel
+
+from .config import RefineConfig
+from .errors import UserError
+from .runtime import autocast_context
+
+REFINE_BATCH = 256  # images whose feature moments are matched together (DeepInversion used 256 too)
+_SEED_STRIDE = 1_000_003  # batch b of a run seeded s draws its jitter from seed s * stride + b
+
+
+def batch_norms(teacher: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """The teacher's BatchNorm layers that hold running statistics, in forward order."""
+    return [m for m in teacher.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+def can_refine(teacher: torch.nn.Module) -> bool:
+    """Whether refinement applies: a teacher with gradients and BatchNorm statistics to match."""
+    return getattr(teacher, "differentiable", True) and bool(batch_norms(teacher))
+
+
+@contextmanager
+def _moment_distances(layers):
+    """Collects, for each forward pass, every layer's distance between its input's batch moments and
+    its running statistics (a list the caller clears per pass)."""
+    distances = []
+
+    def hook(layer, inputs, _output):
+        x = inputs[0].float()
+        dims = [0] + list(range(2, x.dim()))
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        distances.append(torch.linalg.vector_norm(mean - layer.running_mean)
+                         + torch.linalg.vector_norm(var - layer.running_var))
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield distances
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def refine(teacher: torch.nn.Module, images: Tensor, labels: Tensor, cfg: RefineConfig, seed: int,
+           device: torch.device, first_batch: int = 0, precision: str = "auto") -> Tensor:
+    """uint8 (N, C, H, W) images refined towards the teacher's BatchNorm statistics, holding `labels`.
+
+    Batches of REFINE_BATCH in order; `first_batch` numbers the first one, so a set refined in
+    chunks of whole batches gets the images it would get refined at once."""
+    layers = batch_norms(teacher)
+    if not layers or not getattr(teacher, "differentiable", True):
+        raise UserError("refining images matches the teacher's BatchNorm statistics through its gradients; this "
+                        "teacher has no BatchNorm running statistics or no gradients: use --refine-steps 0")
+    autocast = autocast_context(device, precision)
+    out = torch.empty_like(images)
+    was_training = teacher.training
+    teacher.eval()  # the running statistics are the target: a training-mode pass would move them
+    try:
+        with _moment_distances(layers) as distances:
+            starts = range(0, len(images), REFINE_BATCH)
+            for b, start in enumerate(tqdm(starts, desc="refine", leave=False, disable=not parallel.is_main())):
+                rows = slice(start, start + REFINE_BATCH)
+                generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + first_batch + b)
+                out[rows] = _refine_batch(teacher, images[rows].to(device), labels[rows].to(device), cfg, generator,
+                                          distances, autocast).cpu()
+    finally:
+        teacher.train(was_training)
+    return out
+
+
+def chosen_refiner(teacher, cfg, candidates: int, seed: int, device: torch.device, info: dict):
+    """apply(positions, images, labels) -> images: the chosen images that are candidates (position below
+    `candidates`) refined towards the teacher's statistics (`refine`), chunk after chunk as one
+    sequence of batches; boundary samples stay where the attack put them, at the teacher's boundaries.
+    Counts the refined images in info["refined"]."""
+    batches = 0
+    info["refined"] = {"images": 0, **asdict(cfg)}
+
+    def apply(positions: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        nonlocal batches
+        rows = (torch.as_tensor(positions) < candidates).nonzero().flatten()
+        if len(rows):
+            images = images.clone()
+            images[rows] = refine(teacher, images[rows], labels[rows], cfg, seed, device, first_batch=batches)
+            batches += -(-len(rows) // REFINE_BATCH)
+            info["refined"]["images"] += len(rows)
+        return images
+
+    return apply
+
+
+def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, generator: torch.Generator,
+                  distances: list, autocast) -> Tensor:
+    x = images.float().div(255).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=cfg.lr)
+    shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.steps, 2), generator=generator).tolist()
+    for dy, dx in shifts:
+        distances.clear()
+        with torch.inference_mode(False), torch.enable_grad(), autocast:
+            logits = teacher(torch.roll(x, (dy, dx), (2, 3)).contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(logits.float(), labels) + cfg.bn_weight * torch.stack(distances).sum()
+            (gradient,) = torch.autograd.grad(loss, x)
+        x.grad = gradient
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    return x.detach().mul(255).round().to(torch.uint8)

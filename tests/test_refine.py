@@ -1,0 +1,83 @@
+"""Refinement towards the teacher's BatchNorm statistics, on teachers whose statistics are planted."""
+
+import pytest
+import torch
+from torch import nn
+
+from surrogate_kd.config import InputSpec, RefineConfig
+from surrogate_kd.errors import UserError
+from surrogate_kd.models import ImageClassifier
+from surrogate_kd.refine import REFINE_BATCH, can_refine, refine
+
+SPEC = InputSpec(8, 1, (0.0,), (1.0,), ("a", "b"))
+
+
+def planted_teacher(mean: float, var: float) -> ImageClassifier:
+    """A BatchNorm layer sees the raw pixels (a centre-tap conv); its running statistics say the
+    teacher's data had pixels of this mean and variance. The head is zero, so the cross-entropy
+    is constant and only the statistics move the images."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    bn = nn.BatchNorm2d(1)
+    head = nn.Linear(1, 2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        bn.running_mean.fill_(mean)
+        bn.running_var.fill_(var)
+        head.weight.zero_()
+        head.bias.zero_()
+    net = nn.Sequential(conv, bn, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    return ImageClassifier(net, "planted-bn", SPEC).eval()
+
+
+def dark_images(count: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(40, 80, (count, 1, 8, 8), generator=g).to(torch.uint8)
+
+
+def test_refined_images_take_the_statistics_the_teacher_was_trained_on():
+    teacher = planted_teacher(mean=0.7, var=0.04)
+    images = dark_images(64)
+    labels = torch.zeros(64, dtype=torch.int64)
+    out = refine(teacher, images, labels, RefineConfig(steps=60, lr=0.02, bn_weight=1.0), seed=0,
+                 device=torch.device("cpu"), precision="fp32")
+    before, after = images.float() / 255, out.float() / 255
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert abs(before.mean() - 0.7) > 0.4  # dark: far from the planted mean
+    assert abs(after.mean() - 0.7) < 0.1
+    assert after.var() > before.var()  # towards the planted variance (0.04), from about 0.0025
+
+
+def test_same_seed_same_images_and_chunks_of_whole_batches_change_nothing():
+    teacher = planted_teacher(mean=0.7, var=0.04)
+    with torch.no_grad():  # an off-centre kernel: its zero-padded borders make the moments depend on the jitter
+        teacher.net[0].weight.copy_(torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(0)))
+    images, labels = dark_images(2 * REFINE_BATCH + 10), torch.zeros(2 * REFINE_BATCH + 10, dtype=torch.int64)
+    cfg, cpu = RefineConfig(steps=3), torch.device("cpu")
+    whole = refine(teacher, images, labels, cfg, seed=1, device=cpu, precision="fp32")
+    again = refine(teacher, images, labels, cfg, seed=1, device=cpu, precision="fp32")
+    chunked = torch.cat([refine(teacher, images[:REFINE_BATCH], labels[:REFINE_BATCH], cfg, seed=1, device=cpu,
+                                precision="fp32"),
+                         refine(teacher, images[REFINE_BATCH:], labels[REFINE_BATCH:], cfg, seed=1, device=cpu,
+                                first_batch=1, precision="fp32")])
+    other_seed = refine(teacher, images, labels, cfg, seed=2, device=cpu, precision="fp32")
+    assert torch.equal(whole, again) and torch.equal(whole, chunked)
+    assert not torch.equal(whole, other_seed)  # the jitter differs
+
+
+def test_a_teacher_in_training_mode_keeps_its_statistics_and_its_mode():
+    teacher = planted_teacher(0.5, 0.1).train()
+    refine(teacher, dark_images(8), torch.zeros(8, dtype=torch.int64), RefineConfig(steps=2), seed=0,
+           device=torch.device("cpu"))
+    bn = teacher.net[1]
+    assert teacher.training and bn.running_mean.item() == 0.5 and bn.running_var.item() == pytest.approx(0.1)
+
+
+def test_a_teacher_without_batchnorm_is_refused():
+    no_bn = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), "linear", SPEC).eval()
+    assert not can_refine(no_bn)
+    images, labels = dark_images(4), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(UserError, match="no BatchNorm"):
+        refine(no_bn, images, labels, RefineConfig(), seed=0, device=torch.device("cpu"))
+    with pytest.raises(UserError, match="steps must be positive"):
+        RefineConfig(steps=0)
