@@ -19,6 +19,7 @@ the same set, seed and teacher give the same images. Jitter (a random shift of u
 pixels, wrapping) keeps the images from fitting one alignment of the teacher's filters.
 """
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict
 import torch
@@ -118,17 +119,23 @@ def chosen_refiner(teacher, cfg, candidates: int, seed: int, device: torch.devic
 
 def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, generator: torch.Generator,
                   distances: list, autocast) -> Tensor:
-    x = images.float().div(255).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=cfg.lr)
+    """One batch's steps. Adam is written out (torch.optim.Adam reads its step count with .item(),
+    a host sync per step) so that a step dispatches the same ops whatever the batch, with no sync."""
+    x = images.float().div(255)
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
     shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.steps, 2), generator=generator).tolist()
-    for dy, dx in shifts:
+    for t, (dy, dx) in enumerate(shifts, start=1):
         distances.clear()
+        x.requires_grad_(True)
         with torch.inference_mode(False), torch.enable_grad(), autocast:
             logits = teacher(torch.roll(x, (dy, dx), (2, 3)).contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits.float(), labels) + cfg.bn_weight * torch.stack(distances).sum()
             (gradient,) = torch.autograd.grad(loss, x)
-        x.grad = gradient
-        optimizer.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-    return x.detach().mul(255).round().to(torch.uint8)
+        x = x.detach()
+        m.mul_(beta1).add_(gradient, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        step = cfg.lr / (1 - beta1 ** t)  # bias corrections: Python floats, no tensors made per step
+        denominator = v.sqrt().div_(math.sqrt(1 - beta2 ** t)).add_(eps)
+        x.addcdiv_(m, denominator, value=-step).clamp_(0, 1)
+    return x.mul(255).round().to(torch.uint8)

@@ -81,3 +81,21 @@ def test_a_teacher_without_batchnorm_is_refused():
         refine(no_bn, images, labels, RefineConfig(), seed=0, device=torch.device("cpu"))
     with pytest.raises(UserError, match="steps must be positive"):
         RefineConfig(steps=0)
+
+
+def test_a_refinement_step_dispatches_the_same_ops_at_any_batch_size_without_host_syncs():
+    """GPU readiness, counted on the CPU: the launches of a batch's steps do not grow with the batch,
+    and nothing waits for the device or copies Python data to it (opcount.py)."""
+    from contextlib import nullcontext
+
+    from surrogate_kd.opcount import OpCounter
+    from surrogate_kd.refine import _moment_distances, _refine_batch, batch_norms
+
+    teacher, counts = planted_teacher(0.7, 0.04), []
+    for n in (8, 32):
+        with _moment_distances(batch_norms(teacher)) as distances, OpCounter() as ops:
+            _refine_batch(teacher, dark_images(n), torch.zeros(n, dtype=torch.int64), RefineConfig(steps=3),
+                          torch.Generator().manual_seed(0), distances, nullcontext())
+        assert not ops.host_syncs and not ops.python_tensors, (n, ops.host_syncs, ops.python_tensors)
+        counts.append(ops.total)
+    assert counts[0] == counts[1]
