@@ -8,8 +8,8 @@ from conftest import raises_one_line
 from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
-from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, boundary_fraction, distill_config,
-                                 distill_recipe, resolve, teacher_recipe, why)
+from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_STEPS, boundary_fraction,
+                                 distill_config, distill_recipe, refine_steps, resolve, teacher_recipe, why)
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
 TINY_API = dict(epochs=1, batch_size=32, device="cpu", precision="fp32")
@@ -106,18 +106,27 @@ def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
         assert fraction == 0 and reason.startswith("none"), off
 
 
+def test_refinement_is_the_default_for_fixed_synthetic_sets_of_teachers_with_batchnorm_only():
+    assert refine_steps("synthetic", False, True)[0] == REFINE_STEPS > 0
+    for off in (("real", False, True), ("synthetic", True, True), ("synthetic", False, False)):
+        steps, reason = refine_steps(*off)
+        assert steps == 0 and reason.startswith("none"), off
+
+
 def test_distill_refines_the_selected_candidates_but_not_the_boundary_samples(tmp_path, tiny_dataset, capsys):
     teacher = tmp_path / "teacher"
-    api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)
+    api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)  # has BatchNorm: refinable
     weights = teacher / "model.safetensors"
     common = dict(candidates=64, per_class=8, adapt=False, **TINY_API)
-    plain = api.distill(weights, "shaders", tmp_path / "plain", **common)
-    assert "refined" not in plain and plain["config"]["data"]["refine"] is None, "off by default"
-    assert "refinement: off by default" in capsys.readouterr().err
-    refined = api.distill(weights, "shaders", tmp_path / "refined", refine_steps=2, **common)
-    assert refined["config"]["data"]["refine"]["steps"] == 2, "recorded in the run's identity"
+    refined = api.distill(weights, "shaders", tmp_path / "refined", **common)
+    assert refined["config"]["data"]["refine"]["steps"] == REFINE_STEPS > 0, "on by default, in the run's identity"
+    assert f"refinement: {REFINE_STEPS} steps towards the teacher's BatchNorm statistics" in capsys.readouterr().err
     chosen_samples = refined["selected"] - refined["refined"]["images"]
     assert refined["refined"]["images"] > 0 and chosen_samples > 0, "candidates refined, boundary samples kept as made"
+    off = api.distill(weights, "shaders", tmp_path / "off", refine_steps=0, **common)
+    assert "refined" not in off and off["config"]["data"]["refine"] is None
+    real = api.distill(weights, str(tiny_dataset), tmp_path / "real", candidates=64, per_class=8, **TINY_API)
+    assert "refined" not in real and "refinement: none for real data" in capsys.readouterr().err
     raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "stream", refine_steps=2, stream=True,
                                         boundary_fraction=0, **common), "refining images needs a fixed set")
 
