@@ -36,9 +36,9 @@ from .errors import UserError
 from .models import build_model, count_parameters
 from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_config, resolve, teacher_recipe, why
 from .recipe import boundary_fraction as default_boundary_fraction
+from .recipe import data_kind as default_data_kind
 from .recipe import refine_steps as default_refine_steps
 from .refine import can_refine
-from .recipe import data_kind as default_data_kind
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
 from .select import DEFAULT_CAP
