@@ -68,9 +68,10 @@ BOUNDARY_KEEP = "all"
 
 # Refining the selected candidates (not the boundary samples) towards the teacher's BatchNorm
 # statistics (refine.py) for this many Adam steps, for a fixed synthetic set of a teacher with
-# BatchNorm. Study 8 (docs/recipe.md; 120,000 images, seed 0): it raised the student on all seven
+# BatchNorm. Study 8 (docs/recipe.md; 120,000 images): at seed 0 it raised the student on all seven
 # study teachers, by 0.9 (photo crops) to 9.6 points (MNIST digits), from 0.892x to 0.944x the
-# original data's student on average, at about twice a CPU run's time.
+# original data's student on average; at seed 1 on four, 0.778x -> 0.859x (shapes -3.4 points);
+# on dots (held out) it tied over two seeds. About twice a CPU run's time.
 REFINE_STEPS = 40
 
 
