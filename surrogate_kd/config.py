@@ -266,7 +266,7 @@ def read_settings(path: str) -> dict[str, Any]:
 
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=_unique_keys_loader(yaml)) or {}
     except OSError as e:
         raise UserError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
@@ -274,6 +274,27 @@ def read_settings(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of setting: value")
     return data
+
+
+def _unique_keys_loader(yaml):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last one
+    silently, so a config with a repeated `out:` would write its runs into another experiment."""
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
 
 
 def override(cfg, settings: "list[str] | dict[str, Any] | None"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from surrogate_kd.config import read_settings
 from surrogate_kd.data import DEBIAN_FASHION_MNIST
 from surrogate_kd.errors import UserError
 from surrogate_kd.experiment import apply_settings, experiment, plan
@@ -148,6 +149,20 @@ def test_bad_config_is_one_line_error_naming_the_key_before_any_work(tmp_path, c
     message = str(error.value)
     assert named in message and message.startswith(str(path)) and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_key_given_twice_is_refused_before_any_work(tmp_path):
+    """Plain YAML keeps the last of two equal keys: a copied `out:` would send the runs into
+    another experiment's directory. `<<:` merges may still be overridden."""
+    path = tmp_path / "twice.yaml"
+    rest = {k: v for k, v in tiny_config().items() if k != "out"}
+    path.write_text(f"out: {tmp_path / 'mine'}\n" + yaml.safe_dump(rest) + f"out: {tmp_path / 'theirs'}\n")
+    with pytest.raises(UserError, match="key 'out' appears twice in one mapping") as error:
+        experiment(path)
+    assert "\n" not in str(error.value) and not (tmp_path / "mine").exists() and not (tmp_path / "theirs").exists()
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &base {lr: 0.1, tau: 4}\nrun: {<<: *base, lr: 0.05}\n")
+    assert read_settings(str(merged))["run"] == {"lr": 0.05, "tau": 4}
 
 
 def test_bad_setting_names_the_key(tmp_path):
