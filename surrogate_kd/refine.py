@@ -22,18 +22,18 @@ pixels, wrapping) keeps the images from fitting one alignment of the teacher's f
 import math
 from contextlib import contextmanager
 from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import parallel
-
 from .config import RefineConfig
 from .errors import UserError
 from .runtime import autocast_context
 
-REFINE_BATCH = 256  # images whose feature moments are matched together (DeepInversion used 256 too)
+REFINE_BATCH = 256  # images whose feature moments are matched together: enough for steady moments
 _SEED_STRIDE = 1_000_003  # batch b of a run seeded s draws its jitter from seed s * stride + b
 
 
