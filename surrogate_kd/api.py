@@ -38,7 +38,7 @@ from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_conf
 from .recipe import boundary_fraction as default_boundary_fraction
 from .recipe import data_kind as default_data_kind
 from .recipe import refine_steps as default_refine_steps
-from .refine import can_refine
+from .refine import can_refine, require_refinable
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
 from .select import DEFAULT_CAP
@@ -159,9 +159,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     refine_why = "as given"
     if refine_steps is None:
         refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model))
-    elif refine_steps and not can_refine(teacher_model):
-        raise UserError("--refine-steps matches the teacher's BatchNorm statistics through its gradients; this teacher "
-                        "has no BatchNorm running statistics or no gradients")
+    elif refine_steps:
+        require_refinable(teacher_model)  # before the run directory is claimed
     pairs, deeper = keep_flags(BOUNDARY_KEEP if boundary_keep is None else boundary_keep)
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method,
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)

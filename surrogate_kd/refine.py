@@ -48,6 +48,14 @@ def can_refine(teacher: torch.nn.Module) -> bool:
     return getattr(teacher, "differentiable", True) and bool(batch_norms(teacher))
 
 
+def require_refinable(teacher: torch.nn.Module) -> None:
+    """A one-line error where refinement was asked of a teacher it cannot use."""
+    if not can_refine(teacher):
+        raise UserError("refining images (--refine-steps) matches the teacher's BatchNorm statistics through its "
+                        "gradients; this teacher has no BatchNorm running statistics or no gradients: use "
+                        "--refine-steps 0")
+
+
 @contextmanager
 def _moment_distances(layers):
     """Collects, for each forward pass, every layer's distance between its input's batch moments and
@@ -75,10 +83,8 @@ def refine(teacher: torch.nn.Module, images: Tensor, labels: Tensor, cfg: Refine
 
     Batches of REFINE_BATCH in order; `first_batch` numbers the first one, so a set refined in
     chunks of whole batches gets the images it would get refined at once."""
+    require_refinable(teacher)
     layers = batch_norms(teacher)
-    if not layers or not getattr(teacher, "differentiable", True):
-        raise UserError("refining images matches the teacher's BatchNorm statistics through its gradients; this "
-                        "teacher has no BatchNorm running statistics or no gradients: use --refine-steps 0")
     autocast = autocast_context(device, precision)
     out = torch.empty_like(images)
     was_training = teacher.training

@@ -239,7 +239,8 @@ def build_distillation_set(teacher, data: DataConfig, seed: int, device: torch.d
         info, chosen, labels, index = _selection(teacher, candidates, data.per_class, boundary, seed, device, scratch)
         images = chosen.take(index)
         if data.refine is not None:
-            images = chosen_refiner(teacher, data.refine, len(candidates), seed, device, info)(index, images, labels[index])
+            refined = chosen_refiner(teacher, data.refine, len(candidates), seed, device, info)
+            images = refined(index, images, labels[index])
         return ImageSet(images, labels[index], spec.classes, candidates.name), info
 
 

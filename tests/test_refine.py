@@ -99,3 +99,13 @@ def test_a_refinement_step_dispatches_the_same_ops_at_any_batch_size_without_hos
         assert not ops.host_syncs and not ops.python_tensors, (n, ops.host_syncs, ops.python_tensors)
         counts.append(ops.total)
     assert counts[0] == counts[1]
+
+
+def test_distill_asked_to_refine_for_a_teacher_without_batchnorm_fails_before_writing(tmp_path):
+    from surrogate_kd import api
+
+    no_bn = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), "linear", SPEC).eval()
+    with pytest.raises(UserError, match="no BatchNorm running statistics") as error:
+        api.distill(no_bn, "noise", tmp_path / "run", refine_steps=2, candidates=16, per_class=2, epochs=1,
+                    device="cpu")
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
