@@ -16,6 +16,10 @@ No download: every set comes from a package installed by `make` (requirements.lo
                   study until session 7's selection defaults
   dots            how many discs (1 to 10) a 32x32 grey image shows, at random sizes, places and grey
                   levels with pixel noise: a counting task, held out from every study (session 7)
+  corruptions     which of 10 corruptions (none, blur, motion blur, noise, salt and pepper, JPEG, low
+                  contrast, pixelation, posterisation, sharpening) a 32x32 colour crop of the 20
+                  bundled photos carries, at a random strength: image quality, a low-level task on
+                  natural images, held out from every study (session 13)
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -234,6 +238,68 @@ def dots(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.n
     return _drawn_splits(lambda label, rng: _dots(label + 1, rng), 10, seed, train, test)
 
 
+CORRUPTIONS = ("none", "blur", "motion-blur", "noise", "salt-pepper", "jpeg", "low-contrast", "pixelate",
+               "posterise", "sharpen")
+
+
+def _corrupt(kind: int, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`crop` (uint8 RGB) with corruption `kind` of CORRUPTIONS at a random strength."""
+    import io
+
+    from PIL import Image, ImageFilter, ImageOps
+
+    image, name = Image.fromarray(crop), CORRUPTIONS[kind]
+    size = image.size[0]
+    if name == "blur":
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6)))
+    elif name == "motion-blur":  # a 5-tap line at one of four angles, applied once or twice
+        lines = (np.eye(5), np.fliplr(np.eye(5)), np.pad(np.ones((1, 5)), ((2, 2), (0, 0))),
+                 np.pad(np.ones((5, 1)), ((0, 0), (2, 2))))
+        kernel = ImageFilter.Kernel((5, 5), (lines[int(rng.integers(4))] / 5).ravel().tolist())
+        for _ in range(int(rng.integers(1, 3))):
+            image = image.filter(kernel)
+    elif name == "noise":
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(pixels + rng.normal(0, rng.uniform(12, 30), pixels.shape), 0, 255).astype(np.uint8))
+    elif name == "salt-pepper":
+        pixels = np.asarray(image).copy()
+        hit = rng.random(pixels.shape[:2]) < rng.uniform(0.03, 0.1)
+        pixels[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255)[:, None]
+        image = Image.fromarray(pixels)
+    elif name == "jpeg":
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(5, 16)))
+        image = Image.open(buffer).convert("RGB")
+    elif name == "low-contrast":
+        pixels = np.asarray(image, dtype=np.float64)
+        factor = rng.uniform(0.25, 0.5)
+        image = Image.fromarray((pixels.mean() + factor * (pixels - pixels.mean())).round().clip(0, 255).astype(np.uint8))
+    elif name == "pixelate":
+        block = int(rng.choice([2, 3, 4]))
+        image = image.resize((size // block, size // block), Image.BOX).resize((size, size), Image.NEAREST)
+    elif name == "posterise":
+        image = ImageOps.posterize(image, int(rng.integers(2, 4)))
+    elif name == "sharpen":
+        image = image.filter(ImageFilter.UnsharpMask(radius=int(rng.integers(1, 3)), percent=int(rng.integers(200, 400)),
+                                                     threshold=0))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def corruptions(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def rgb(photo: np.ndarray) -> np.ndarray:  # grey, binary (horse) and RGBA photos as uint8 RGB
+        photo = photo.astype(np.uint8) * 255 if photo.dtype == bool else photo
+        return np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else np.ascontiguousarray(photo[..., :3])
+
+    photos = [rgb(_photo(name)) for name in COLOUR_PHOTOS + GREY_PHOTOS]
+    crop_rng = np.random.default_rng(seed + 1)  # the crops: a stream of their own, so the labels below stay balanced
+
+    def draw(label: int, rng: np.random.Generator) -> np.ndarray:
+        crops, _ = _crops(photos, 1, 32, crop_rng)
+        return _corrupt(label, crops[0], rng)
+
+    return _drawn_splits(draw, len(CORRUPTIONS), seed, train, test)
+
+
 BUILDERS = {
     "mnist-5k": lambda seed: mnist_5k(seed),
     "photo-crops": lambda seed: photo_crops(COLOUR_PHOTOS, grey=False, seed=seed),
@@ -242,6 +308,7 @@ BUILDERS = {
     "shapes": lambda seed: shapes(seed),
     "letters": lambda seed: letters(seed),
     "dots": lambda seed: dots(seed),
+    "corruptions": lambda seed: corruptions(seed),
 }
 
 
