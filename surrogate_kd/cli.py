@@ -13,7 +13,7 @@ import json
 import sys
 
 from . import __version__
-from .config import BOUNDARY_KEEPS, parse_assignments
+from .config import BOUNDARY_KEEPS, RefineConfig, parse_assignments
 from .recipe import BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_STEPS, distill_recipe, teacher_recipe
 from .errors import UserError
 
@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"default: {BOUNDARY_KEEP}",
          choices=list(BOUNDARY_KEEPS))
     _add(p, c, "--refine-steps", "refine the selected images (not the boundary samples) this many steps towards the "
-                                  "teacher's BatchNorm statistics (DeepInversion's prior; default: "
-                                  f"{REFINE_STEPS} for a fixed synthetic set of a teacher with BatchNorm, else 0)",
+                                  "teacher's BatchNorm statistics (DeepInversion's prior; a fixed synthetic set of a "
+                                  f"teacher with BatchNorm; default: {REFINE_STEPS}; {RefineConfig.steps} is the count "
+                                  "docs/recipe.md studied)",
          type=int)
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
                           "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
