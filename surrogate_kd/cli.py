@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"teacher with BatchNorm; default: {REFINE_STEPS}; {RefineConfig.steps} is the count "
                                   "docs/recipe.md studied)",
          type=int)
+    _add(p, c, "--refine-bn-weight", "with --refine-steps: the weight of the BatchNorm statistics term against the "
+                                      f"class term (default: {RefineConfig.bn_weight}; 0: the class term alone)",
+         type=float)
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
                           "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
          action=argparse.BooleanOptionalAction)

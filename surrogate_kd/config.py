@@ -151,13 +151,14 @@ class RefineConfig:
 
     steps: int = 40
     lr: float = 0.02
-    bn_weight: float = 0.05
+    bn_weight: float = 0.05  # 0: the class term alone, no pull towards the statistics
     jitter: int = 2  # pixels of random shift per step
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("steps", "lr", "bn_weight"):
+        for name in ("steps", "lr"):
             _require(getattr(self, name) > 0, f"refine {name} must be positive, got {getattr(self, name)}")
+        _require(self.bn_weight >= 0, f"refine bn_weight must be >= 0, got {self.bn_weight}")
         _require(self.jitter >= 0, f"refine jitter must be >= 0, got {self.jitter}")
 
 

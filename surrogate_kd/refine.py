@@ -136,7 +136,9 @@ def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, ge
         x.requires_grad_(True)
         with torch.inference_mode(False), torch.enable_grad(), autocast:
             logits = teacher(torch.roll(x, (dy, dx), (2, 3)).contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits.float(), labels) + cfg.bn_weight * torch.stack(distances).sum()
+            loss = F.cross_entropy(logits.float(), labels)
+            if cfg.bn_weight:
+                loss = loss + cfg.bn_weight * torch.stack(distances).sum()
             (gradient,) = torch.autograd.grad(loss, x)
         x = x.detach()
         m.mul_(beta1).add_(gradient, alpha=1 - beta1)

@@ -126,6 +126,11 @@ def test_distill_refines_the_selected_candidates_but_not_the_boundary_samples(tm
     refined = api.distill(weights, "shaders", tmp_path / "refined", refine_steps=2, **common)
     assert refined["config"]["data"]["refine"]["steps"] == 2, "in the run's identity"
     assert "refinement: as given" in capsys.readouterr().err
+    class_term = api.distill(weights, "shaders", tmp_path / "class-term", refine_steps=2, refine_bn_weight=0.0,
+                             **common)
+    assert class_term["config"]["data"]["refine"]["bn_weight"] == 0.0 and class_term["refined"]["images"] > 0
+    raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "weight-alone", refine_bn_weight=0.0, **common),
+                    "give --refine-steps too")
     chosen_samples = refined["selected"] - refined["refined"]["images"]
     assert refined["refined"]["images"] > 0 and chosen_samples > 0, "candidates refined, boundary samples kept as made"
     real = api.distill(weights, str(tiny_dataset), tmp_path / "real", candidates=64, per_class=8, **TINY_API)

@@ -48,6 +48,18 @@ def test_refined_images_take_the_statistics_the_teacher_was_trained_on():
     assert after.var() > before.var()  # towards the planted variance (0.04), from about 0.0025
 
 
+def test_weight_zero_leaves_the_statistics_alone():
+    # The planted head is zero: the class term has no gradient, so with the statistics term off
+    # (--refine-bn-weight 0) nothing may move the images.
+    teacher = planted_teacher(mean=0.7, var=0.04)
+    images = dark_images(16)
+    out = refine(teacher, images, torch.zeros(16, dtype=torch.int64), RefineConfig(steps=10, bn_weight=0.0), seed=0,
+                 device=torch.device("cpu"), precision="fp32")
+    assert torch.equal(out, images)
+    with pytest.raises(UserError, match="bn_weight must be >= 0"):
+        RefineConfig(bn_weight=-0.1)
+
+
 def test_same_seed_same_images_and_chunks_of_whole_batches_change_nothing():
     teacher = planted_teacher(mean=0.7, var=0.04)
     with torch.no_grad():  # an off-centre kernel: its zero-padded borders make the moments depend on the jitter
