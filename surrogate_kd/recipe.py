@@ -73,7 +73,8 @@ BOUNDARY_KEEP = "all"
 # the original data's student; seed 1 on four: 0.778x -> 0.859x). Study 9 checked it on the two
 # domains no study had used: on dots it tied over two seeds (+9.2, -9.2 points); on `corruptions`,
 # a teacher whose classes live in pixel statistics, it cost 15.5 and 19.3 points (both seeds): the
-# refined images carry their class by statistics the teacher reads and real images do not share.
+# refined images carry their class by statistics the teacher reads and real images do not share
+# (the class term alone, --refine-bn-weight 0, cost it 13.5 points and helped no teacher).
 # A default must hold on teachers nobody studied, and it doubles a CPU run's time. The studied count
 # is RefineConfig's default (40); 120 steps traded teachers (study 9).
 REFINE_STEPS = 0
