@@ -260,7 +260,8 @@ def _corrupt(kind: int, crop: np.ndarray, rng: np.random.Generator) -> np.ndarra
             image = image.filter(kernel)
     elif name == "noise":
         pixels = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(pixels + rng.normal(0, rng.uniform(12, 30), pixels.shape), 0, 255).astype(np.uint8))
+        noisy = pixels + rng.normal(0, rng.uniform(12, 30), pixels.shape)
+        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
     elif name == "salt-pepper":
         pixels = np.asarray(image).copy()
         hit = rng.random(pixels.shape[:2]) < rng.uniform(0.03, 0.1)
@@ -273,15 +274,16 @@ def _corrupt(kind: int, crop: np.ndarray, rng: np.random.Generator) -> np.ndarra
     elif name == "low-contrast":
         pixels = np.asarray(image, dtype=np.float64)
         factor = rng.uniform(0.25, 0.5)
-        image = Image.fromarray((pixels.mean() + factor * (pixels - pixels.mean())).round().clip(0, 255).astype(np.uint8))
+        flat = pixels.mean() + factor * (pixels - pixels.mean())
+        image = Image.fromarray(flat.round().clip(0, 255).astype(np.uint8))
     elif name == "pixelate":
         block = int(rng.choice([2, 3, 4]))
         image = image.resize((size // block, size // block), Image.BOX).resize((size, size), Image.NEAREST)
     elif name == "posterise":
         image = ImageOps.posterize(image, int(rng.integers(2, 4)))
     elif name == "sharpen":
-        image = image.filter(ImageFilter.UnsharpMask(radius=int(rng.integers(1, 3)), percent=int(rng.integers(200, 400)),
-                                                     threshold=0))
+        radius, percent = int(rng.integers(1, 3)), int(rng.integers(200, 400))
+        image = image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=0))
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -291,7 +293,7 @@ def corruptions(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tup
         return np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else np.ascontiguousarray(photo[..., :3])
 
     photos = [rgb(_photo(name)) for name in COLOUR_PHOTOS + GREY_PHOTOS]
-    crop_rng = np.random.default_rng(seed + 1)  # the crops: a stream of their own, so the labels below stay balanced
+    crop_rng = np.random.default_rng(seed + 1)  # where the crops come from: a stream apart from the corruptions' strengths
 
     def draw(label: int, rng: np.random.Generator) -> np.ndarray:
         crops, _ = _crops(photos, 1, 32, crop_rng)

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("domains", Path(__file__).resolve().parents[1] / "benchmarks" / "domains.py")
+DOMAINS = Path(__file__).resolve().parents[1] / "benchmarks" / "domains.py"
+SPEC = importlib.util.spec_from_file_location("domains", DOMAINS)
 domains = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(domains)
 
