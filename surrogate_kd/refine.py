@@ -84,7 +84,7 @@ def refine(teacher: torch.nn.Module, images: Tensor, labels: Tensor, cfg: Refine
     Batches of REFINE_BATCH in order; `first_batch` numbers the first one, so a set refined in
     chunks of whole batches gets the images it would get refined at once."""
     require_refinable(teacher)
-    layers = batch_norms(teacher)
+    layers = batch_norms(teacher) if cfg.bn_weight else []  # weight 0: no moments to collect at every step
     autocast = autocast_context(device, precision)
     out = torch.empty_like(images)
     was_training = teacher.training
