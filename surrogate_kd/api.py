@@ -117,13 +117,15 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
     return run.finish(model, summary) if parallel.is_main() else {**summary, "config": run.identity}
 
 
-def _refine_config(steps: int, bn_weight: float | None) -> "RefineConfig | None":
-    """The refinement a run asked for: None without steps; the weight left out means RefineConfig's."""
+def _refine_config(steps: int, bn_weight: float | None, blur: float | None) -> "RefineConfig | None":
+    """The refinement a run asked for: None without steps; a field left out (None) means RefineConfig's."""
+    given = {name: value for name, value in (("bn_weight", bn_weight), ("blur", blur)) if value is not None}
     if not steps:
-        if bn_weight is not None:
-            raise UserError("--refine-bn-weight weighs a refinement: give --refine-steps too")
+        if given:
+            flags = " and ".join(f"--refine-{name.replace('_', '-')}" for name in given)
+            raise UserError(f"{flags} {'shape' if len(given) > 1 else 'shapes'} a refinement: give --refine-steps too")
         return None
-    return RefineConfig(steps) if bn_weight is None else RefineConfig(steps, bn_weight=bn_weight)
+    return RefineConfig(steps, **given)
 
 
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
@@ -131,7 +133,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
             boundary_fraction: float | None = None, boundary_targets: str = "least-predicted",
             boundary_every_epoch: bool = False, boundary_method: str = "auto", boundary_keep: str | None = None,
             adapt: bool | None = None, refine_steps: int | None = None, refine_bn_weight: float | None = None,
-            params: dict | None = None, data_kind: str | None = None,
+            refine_blur: float | None = None, params: dict | None = None, data_kind: str | None = None,
             eval_data: str | None = None, download: bool = False, overwrite: bool = False,
             config=None, settings=None, **train_settings) -> dict:
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
@@ -152,7 +154,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     `refine_steps` > 0 refines the selected images (not the boundary samples) towards the teacher's
     BatchNorm statistics for that many steps (refine.py); None: the recipe's choice
     (recipe.refine_steps); `refine_bn_weight` the weight of the statistics term (None:
-    RefineConfig's; 0: the class term alone).
+    RefineConfig's; 0: the class term alone), `refine_blur` the Gaussian sigma in pixels that smooths
+    each step (None: RefineConfig's; 0: raw gradient steps).
     `params`: parameters of a synthetic source (e.g. {"figure": 0} for shaders).
     """
     kind = data_kind or default_data_kind(data)
@@ -176,7 +179,7 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
                           should_adapt(data, teacher_model.num_classes, adapt),
-                          _refine_config(refine_steps, refine_bn_weight))
+                          _refine_config(refine_steps, refine_bn_weight, refine_blur))
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.
     run = RunDir(out, "distill", {"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),

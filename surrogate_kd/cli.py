@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--refine-bn-weight", "with --refine-steps: the weight of the BatchNorm statistics term against the "
                                       f"class term (default: {RefineConfig.bn_weight}; 0: the class term alone)",
          type=float)
+    _add(p, c, "--refine-blur", "with --refine-steps: the Gaussian sigma in pixels that smooths each step, so that "
+                                "refinement cannot add pixel-scale grain (default: "
+                                f"{RefineConfig.blur}; 0: raw gradient steps)",
+         type=float)
     _add(p, c, "--adapt", "steer the shader programs with the teacher's predictions first (default: on for "
                           "shaders and teachers of up to 100 classes; --no-adapt: plain shaders)",
          action=argparse.BooleanOptionalAction)

@@ -153,6 +153,7 @@ class RefineConfig:
     lr: float = 0.02
     bn_weight: float = 0.05  # 0: the class term alone, no pull towards the statistics
     jitter: int = 2  # pixels of random shift per step
+    blur: float = 0.0  # Gaussian sigma in pixels applied to each step's gradient (0: none)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -160,6 +161,7 @@ class RefineConfig:
             _require(getattr(self, name) > 0, f"refine {name} must be positive, got {getattr(self, name)}")
         _require(self.bn_weight >= 0, f"refine bn_weight must be >= 0, got {self.bn_weight}")
         _require(self.jitter >= 0, f"refine jitter must be >= 0, got {self.jitter}")
+        _require(self.blur >= 0, f"refine blur must be >= 0, got {self.blur}")
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, ge
     m, v = torch.zeros_like(x), torch.zeros_like(x)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.steps, 2), generator=generator).tolist()
+    smooth = _gaussian_blur(cfg.blur, x.shape[1], x.device)
     for t, (dy, dx) in enumerate(shifts, start=1):
         distances.clear()
         x.requires_grad_(True)
@@ -141,9 +142,32 @@ def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, ge
                 loss = loss + cfg.bn_weight * torch.stack(distances).sum()
             (gradient,) = torch.autograd.grad(loss, x)
         x = x.detach()
+        gradient = smooth(gradient)
         m.mul_(beta1).add_(gradient, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
         step = cfg.lr / (1 - beta1 ** t)  # bias corrections: Python floats, no tensors made per step
         denominator = v.sqrt().div_(math.sqrt(1 - beta2 ** t)).add_(eps)
         x.addcdiv_(m, denominator, value=-step).clamp_(0, 1)
     return x.mul(255).round().to(torch.uint8)
+
+
+def _gaussian_blur(sigma: float, channels: int, device: torch.device):
+    """blur(gradient) -> the gradient low-passed by a Gaussian of `sigma` pixels (0: unchanged).
+
+    The raw gradient of a classifier with respect to its pixels alternates sign from one pixel to
+    the next (a checkerboard: its neighbour differences exceed its values about fourfold on the
+    study's teachers), so unblurred steps add pixel-scale grain the teacher reads and the real data
+    never had. The kernel is built once per batch, on the device: no copy per step."""
+    if not sigma:
+        return lambda gradient: gradient
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=device, dtype=torch.float32) / sigma) ** 2)
+    taps = taps / taps.sum()
+    rows = taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous()
+    columns = taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous()
+
+    def blur(gradient: Tensor) -> Tensor:
+        padded = F.pad(gradient, (radius, radius, radius, radius), mode="replicate")
+        return F.conv2d(F.conv2d(padded, rows, groups=channels), columns, groups=channels)
+
+    return blur

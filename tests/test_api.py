@@ -131,6 +131,10 @@ def test_distill_refines_the_selected_candidates_but_not_the_boundary_samples(tm
     assert class_term["config"]["data"]["refine"]["bn_weight"] == 0.0 and class_term["refined"]["images"] > 0
     raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "weight-alone", refine_bn_weight=0.0, **common),
                     "give --refine-steps too")
+    raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "blur-alone", refine_blur=1.0, **common),
+                    "--refine-blur shapes a refinement")
+    raw = api.distill(weights, "shaders", tmp_path / "raw-steps", refine_steps=2, refine_blur=0.0, **common)
+    assert raw["config"]["data"]["refine"]["blur"] == 0.0 and raw["refined"]["images"] > 0
     chosen_samples = refined["selected"] - refined["refined"]["images"]
     assert refined["refined"]["images"] > 0 and chosen_samples > 0, "candidates refined, boundary samples kept as made"
     real = api.distill(weights, str(tiny_dataset), tmp_path / "real", candidates=64, per_class=8, **TINY_API)

@@ -106,7 +106,7 @@ def test_a_refinement_step_dispatches_the_same_ops_at_any_batch_size_without_hos
     teacher, counts = planted_teacher(0.7, 0.04), []
     for n in (8, 32):
         with _moment_distances(batch_norms(teacher)) as distances, OpCounter() as ops:
-            _refine_batch(teacher, dark_images(n), torch.zeros(n, dtype=torch.int64), RefineConfig(steps=3),
+            _refine_batch(teacher, dark_images(n), torch.zeros(n, dtype=torch.int64), RefineConfig(steps=3, blur=1.0),
                           torch.Generator().manual_seed(0), distances, nullcontext())
         assert not ops.host_syncs and not ops.python_tensors, (n, ops.host_syncs, ops.python_tensors)
         counts.append(ops.total)
@@ -121,3 +121,39 @@ def test_distill_asked_to_refine_for_a_teacher_without_batchnorm_fails_before_wr
         api.distill(no_bn, "noise", tmp_path / "run", refine_steps=2, candidates=16, per_class=2, epochs=1,
                     device="cpu")
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_blur_takes_the_checkerboard_out_of_a_gradient_and_keeps_its_smooth_part():
+    from surrogate_kd.refine import _gaussian_blur
+
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checkerboard = ((rows + cols) % 2 * 2 - 1).float().expand(2, 3, 16, 16)
+    ramp = (rows.float() / 15).expand(2, 3, 16, 16)
+    blur = _gaussian_blur(1.0, 3, torch.device("cpu"))
+    assert blur(checkerboard)[..., 4:-4, 4:-4].abs().max() < 0.05  # away from the replicated border
+    assert torch.allclose(blur(ramp)[..., 4:-4, 4:-4], ramp[..., 4:-4, 4:-4], atol=1e-5)  # linear: unchanged
+    assert torch.allclose(blur(torch.full((1, 3, 5, 5), 0.3)), torch.full((1, 3, 5, 5), 0.3))
+    assert _gaussian_blur(0.0, 3, torch.device("cpu"))(checkerboard) is checkerboard
+    with pytest.raises(UserError, match="blur must be >= 0"):
+        RefineConfig(blur=-1.0)
+
+
+def test_blurred_refinement_changes_images_smoothly():
+    """The point of blur: a refinement that cannot add pixel-scale grain. A random 3x3 filter's
+    gradient on flat grey images is grainy; the blurred refinement's change is far smoother."""
+    teacher = planted_teacher(mean=0.5, var=0.01)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        teacher.net[0].weight.copy_(torch.randn(1, 1, 3, 3, generator=g))
+        teacher.net[-1].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    images = torch.randint(100, 140, (32, 1, 1, 1), generator=g).to(torch.uint8).expand(32, 1, 8, 8).contiguous()
+    labels = torch.zeros(32, dtype=torch.int64)
+
+    def roughness(blur: float) -> float:
+        out = refine(teacher, images, labels, RefineConfig(steps=20, bn_weight=0.0, blur=blur), seed=0,
+                     device=torch.device("cpu"), precision="fp32")
+        change = out.float() - images.float()
+        assert change.abs().mean() > 1  # it did move the images
+        return ((change[..., 1:, :] - change[..., :-1, :]).abs().mean() / change.abs().mean()).item()
+
+    assert roughness(1.0) < 0.5 * roughness(0.0)

@@ -235,6 +235,7 @@ def _plan(raw: dict, source: str) -> Plan:
                    "boundary_targets": s.boundary_targets, "boundary_every_epoch": s.boundary_every_epoch,
                    "boundary_method": s.boundary_method, "boundary_keep": s.boundary_keep, "adapt": s.adapt,
                    "refine_steps": s.refine_steps, "refine_bn_weight": s.refine_bn_weight,
+                   "refine_blur": s.refine_blur,
                    "data_kind": kind, "eval_data": teacher.eval_data}
         parts = [tname, sname, setname] + ([vname] if vname else [])
         if s.long_tail is not None:

@@ -61,6 +61,7 @@ class SetSpec:
     adapt: bool | None = _default(api.distill, "adapt")  # null: the library's choice (adapt.adapts_by_default)
     refine_steps: int | None = _default(api.distill, "refine_steps")  # null: the recipe's choice
     refine_bn_weight: float | None = _default(api.distill, "refine_bn_weight")  # null: RefineConfig's
+    refine_blur: float | None = _default(api.distill, "refine_blur")  # null: RefineConfig's
     # Instead of an even selection, a long-tailed one (paper Table 4): per_class x classes images,
     # quotas decaying from the most to the least predicted class by this ratio (select.py).
     long_tail: float | None = None
