@@ -20,6 +20,10 @@ No download: every set comes from a package installed by `make` (requirements.lo
                   contrast, pixelation, posterisation, sharpening) a 32x32 colour crop of the 20
                   bundled photos carries, at a random strength: image quality, a low-level task on
                   natural images, held out from every study (session 13)
+  rotations       which way up a 32x32 colour crop of 10 bundled photos with an up (people, animals,
+                  objects, text) is: upright, on its side (90 or 270 degrees) or upside down, mirrored at
+                  random: the pose of natural images, 3 classes, held out from every study (session 14).
+                  Left and right turns share a class because a mirror (every recipe's flip) swaps them
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -46,15 +50,16 @@ def _photo(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-def _crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random square crops (a tenth to a half of the photo's short side), resized to `size`."""
+def _crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator, smallest: float = 0.1,
+           largest: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random square crops (`smallest` to `largest` of the photo's short side), resized to `size`."""
     from PIL import Image
 
     labels = rng.integers(0, len(photos), count)
     images = []
     for label in labels:
         photo = photos[label]
-        side = int(rng.uniform(0.1, 0.5) * min(photo.shape[:2]))
+        side = int(rng.uniform(smallest, largest) * min(photo.shape[:2]))
         top, left = rng.integers(0, photo.shape[0] - side + 1), rng.integers(0, photo.shape[1] - side + 1)
         crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
         images.append(np.asarray(crop))
@@ -287,12 +292,14 @@ def _corrupt(kind: int, crop: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.asarray(image, dtype=np.uint8)
 
 
-def corruptions(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    def rgb(photo: np.ndarray) -> np.ndarray:  # grey, binary (horse) and RGBA photos as uint8 RGB
-        photo = photo.astype(np.uint8) * 255 if photo.dtype == bool else photo
-        return np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else np.ascontiguousarray(photo[..., :3])
+def _rgb(photo: np.ndarray) -> np.ndarray:
+    """Grey, binary (horse) and RGBA photos as uint8 RGB."""
+    photo = photo.astype(np.uint8) * 255 if photo.dtype == bool else photo
+    return np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else np.ascontiguousarray(photo[..., :3])
 
-    photos = [rgb(_photo(name)) for name in COLOUR_PHOTOS + GREY_PHOTOS]
+
+def corruptions(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    photos = [_rgb(_photo(name)) for name in COLOUR_PHOTOS + GREY_PHOTOS]
     crop_rng = np.random.default_rng(seed + 1)  # where the crops come from: a stream apart from the corruptions' strengths
 
     def draw(label: int, rng: np.random.Generator) -> np.ndarray:
@@ -300,6 +307,23 @@ def corruptions(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tup
         return _corrupt(label, crops[0], rng)
 
     return _drawn_splits(draw, len(CORRUPTIONS), seed, train, test)
+
+
+UPRIGHT_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china.jpg", "flower.jpg", "camera", "horse", "clock",
+                  "page")
+
+
+def rotations(seed: int, train: int = 7800, test: int = 1998) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    photos = [_rgb(_photo(name)) for name in UPRIGHT_PHOTOS]
+    crop_rng = np.random.default_rng(seed + 1)  # the crops' stream, apart from the turns and mirrors
+
+    def draw(label: int, rng: np.random.Generator) -> np.ndarray:
+        crop = _crops(photos, 1, 32, crop_rng, smallest=0.3, largest=0.9)[0][0]
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop  # a mirror keeps which way is up
+        quarter_turns = (0, int(rng.choice([1, 3])), 2)[label]  # upright, on its side, upside down
+        return np.ascontiguousarray(np.rot90(crop, quarter_turns))
+
+    return _drawn_splits(draw, 3, seed, train, test)
 
 
 BUILDERS = {
@@ -311,6 +335,7 @@ BUILDERS = {
     "letters": lambda seed: letters(seed),
     "dots": lambda seed: dots(seed),
     "corruptions": lambda seed: corruptions(seed),
+    "rotations": lambda seed: rotations(seed),
 }
 
 
