@@ -24,6 +24,9 @@ No download: every set comes from a package installed by `make` (requirements.lo
                   objects, text) is: upright, on its side (90 or 270 degrees) or upside down, mirrored at
                   random: the pose of natural images, 3 classes, held out from every study (session 14).
                   Left and right turns share a class because a mirror (every recipe's flip) swaps them
+  spectra         which of 10 power spectra (1/f^a, a = 0, 0.5, ..., 4.5) a 32x32 grey noise patch
+                  has, at a random mean and contrast: a class that lives in pixel-scale statistics
+                  alone, made to test study 10's reading of refinement (session 14)
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -326,6 +329,24 @@ def rotations(seed: int, train: int = 7800, test: int = 1998) -> dict[str, tuple
     return _drawn_splits(draw, 3, seed, train, test)
 
 
+def _spectral_noise(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Grey noise whose power falls as 1/f^(label / 2), at a random mean and contrast."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    frequency = np.hypot(fy, fx)
+    frequency[0, 0] = 1.0  # the mean is set below, not by the spectrum
+    amplitude = frequency ** (-label / 4)  # power 1/f^a is amplitude 1/f^(a/2); a = label / 2
+    amplitude[0, 0] = 0.0
+    phases = np.exp(2j * np.pi * rng.random((size, size)))
+    field = np.fft.ifft2(amplitude * phases).real
+    field = (field - field.mean()) / (field.std() + 1e-12)
+    image = rng.uniform(0.3, 0.7) + rng.uniform(0.06, 0.2) * field
+    return np.clip(image * 255, 0, 255).round().astype(np.uint8)
+
+
+def spectra(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return _drawn_splits(_spectral_noise, 10, seed, train, test)
+
+
 BUILDERS = {
     "mnist-5k": lambda seed: mnist_5k(seed),
     "photo-crops": lambda seed: photo_crops(COLOUR_PHOTOS, grey=False, seed=seed),
@@ -336,6 +357,7 @@ BUILDERS = {
     "dots": lambda seed: dots(seed),
     "corruptions": lambda seed: corruptions(seed),
     "rotations": lambda seed: rotations(seed),
+    "spectra": lambda seed: spectra(seed),
 }
 
 

@@ -14,7 +14,7 @@ SPEC.loader.exec_module(domains)
 
 @pytest.mark.parametrize("name, shape, classes", [("shapes", (28, 28), 10), ("letters", (32, 32, 3), 10),
                                                   ("dots", (32, 32), 10), ("corruptions", (32, 32, 3), 10),
-                                                  ("rotations", (32, 32, 3), 3)])
+                                                  ("rotations", (32, 32, 3), 3), ("spectra", (32, 32), 10)])
 def test_drawn_domains_are_balanced_uint8_and_seeded(name, shape, classes):
     build = getattr(domains, name)
     splits = build(0, train=60, test=30)
