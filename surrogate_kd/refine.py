@@ -13,7 +13,8 @@ each image at selection):
     loss = CE(teacher(jitter(x)), labels) + bn_weight * sum over BatchNorm layers of
            ||mean(features) - running_mean|| + ||var(features) - running_var||
 
-with Adam on the pixels, x kept in [0, 1] and rounded to uint8 at the end. The moments are the
+with Adam on the pixels (each step's gradient first smoothed by a Gaussian of `blur` pixels, if
+set), x kept in [0, 1] and rounded to uint8 at the end. The moments are the
 batch's, so a batch is always REFINE_BATCH images in the order of the set, whatever the device:
 the same set, seed and teacher give the same images. Jitter (a random shift of up to `jitter`
 pixels, wrapping) keeps the images from fitting one alignment of the teacher's filters.
@@ -154,10 +155,11 @@ def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, ge
 def _gaussian_blur(sigma: float, channels: int, device: torch.device):
     """blur(gradient) -> the gradient low-passed by a Gaussian of `sigma` pixels (0: unchanged).
 
-    The raw gradient of a classifier with respect to its pixels alternates sign from one pixel to
-    the next (a checkerboard: its neighbour differences exceed its values about fourfold on the
-    study's teachers), so unblurred steps add pixel-scale grain the teacher reads and the real data
-    never had. The kernel is built once per batch, on the device: no copy per step."""
+    A classifier's gradient with respect to its pixels is rough: its neighbour differences are
+    0.5-2.2 times its values on most of the studies' teachers and about 4 times (a checkerboard) on
+    the corruptions teacher, which refinement hurt (benchmarks/refine_grain.py, docs/recipe.md
+    study 10), so raw steps can add pixel-scale grain the teacher reads and the real data never
+    had. The kernel is built once per batch, on the device: no copy per step."""
     if not sigma:
         return lambda gradient: gradient
     radius = max(1, math.ceil(3 * sigma))
