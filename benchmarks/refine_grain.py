@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from surrogate_kd.config import RefineConfig
+from surrogate_kd.errors import UserError
 from surrogate_kd.refine import _gaussian_blur, _moment_distances, batch_norms, require_refinable
 from surrogate_kd.sources import render
 from surrogate_kd.teacher import load_teacher
@@ -34,16 +35,28 @@ def grain(z: torch.Tensor) -> float:
     return round(float((down + across) / z.abs().mean()), 3)
 
 
+def _sigmas(text: str) -> list[float]:
+    try:
+        sigmas = [float(part) for part in text.split(",")]
+    except ValueError:
+        sigmas = []
+    if not sigmas or any(sigma <= 0 for sigma in sigmas):
+        raise argparse.ArgumentTypeError(f"expected positive sigmas separated by commas, got '{text}'")
+    return sigmas
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True)
-    parser.add_argument("--blur", default="1", help="comma-separated Gaussian sigmas in pixels")
+    parser.add_argument("--blur", default="1", type=_sigmas, help="comma-separated Gaussian sigmas in pixels")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
-    teacher = load_teacher(args.teacher).eval()
-    require_refinable(teacher)
+    try:  # a wrong path or a teacher without BatchNorm: one line, as the CLI says it
+        teacher = load_teacher(args.teacher).eval()
+        require_refinable(teacher)
+    except UserError as error:
+        parser.exit(2, f"refine_grain: error: {error}\n")
     spec = teacher.spec
     x = render("shaders", args.seed, 0, args.images, spec.size, spec.channels).float().div(255)
     with torch.no_grad():
@@ -57,7 +70,7 @@ def main() -> None:
     images = x.detach() - x.detach().mean((2, 3), keepdim=True)  # each image's own mean taken out, like a gradient's
     out = {"teacher": args.teacher, "images": args.images, "image_grain": grain(images),
            "gradient_grain": {name: grain(g) for name, g in terms.items()}}
-    for sigma in (float(s) for s in args.blur.split(",")):
+    for sigma in args.blur:
         blur = _gaussian_blur(sigma, spec.channels, torch.device("cpu"))
         out[f"gradient_grain_blur_{sigma:g}"] = {name: grain(blur(g)) for name, g in terms.items()}
     print(json.dumps(out, indent=1))

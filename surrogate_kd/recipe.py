@@ -20,7 +20,7 @@ A fixed synthetic set also gets the paper's decision-boundary samples (boundary.
 BOUNDARY_FRACTION of its candidates when the teacher has gradients (study 4 in docs/recipe.md:
 seven teachers of six domains, two seeds). Refining the selected candidates towards the teacher's
 BatchNorm statistics is the user's choice (`--refine-steps`): it raised the study teachers' students
-and lost on a domain no study used (studies 8 and 9).
+and lost on two domains no study used (studies 8-10).
 """
 
 from typing import Any, Callable
@@ -75,8 +75,10 @@ BOUNDARY_KEEP = "all"
 # a teacher whose classes live in pixel statistics, it cost 15.5 and 19.3 points (both seeds): the
 # refined images carry their class by statistics the teacher reads and real images do not share
 # (the class term alone, --refine-bn-weight 0, cost it 13.5 points and helped no teacher).
-# A default must hold on teachers nobody studied, and it doubles a CPU run's time. The studied count
-# is RefineConfig's default (40); 120 steps traded teachers (study 9).
+# Study 10 found it gained 12 points at both seeds on `rotations`, a third new domain, and cost
+# `spectra` (noise spectra, pixel statistics again) 7.9 at one seed; smoothed steps (--refine-blur)
+# halved both harm and gain. A default must hold on teachers nobody studied, and it doubles a CPU
+# run's time. The studied count is RefineConfig's default (40); 120 steps traded teachers (study 9).
 REFINE_STEPS = 0
 
 
@@ -124,8 +126,8 @@ def refine_steps(kind: str, stream: bool, refinable: bool) -> tuple[int, str]:
         if off:
             return 0, f"none: {reason}"
     return REFINE_STEPS, (f"{REFINE_STEPS} steps towards the teacher's BatchNorm statistics" if REFINE_STEPS else
-                          f"off by default (docs/recipe.md, studies 8 and 9: {RefineConfig.steps} steps raised the "
-                          f"study teachers' students and cost a domain no study used 15-19 points)")
+                          f"off by default (docs/recipe.md, studies 8-10: {RefineConfig.steps} steps raised the "
+                          f"study teachers' students and cost two domains no study used up to 19 points)")
 
 
 def distill_config(kind: str, layers: Callable[[TrainConfig], TrainConfig]) -> TrainConfig:

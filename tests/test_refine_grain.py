@@ -45,3 +45,9 @@ def test_the_script_reports_each_term_raw_and_blurred(tmp_path):
         assert set(out[key]) == {"class_term", "statistics_term"}
     raw, blurred = out["gradient_grain"]["statistics_term"], out["gradient_grain_blur_2"]["statistics_term"]
     assert blurred < raw
+
+
+def test_a_wrong_path_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH), "--teacher", str(tmp_path / "missing.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "not found" in done.stderr
