@@ -107,7 +107,7 @@ def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
 
 
 def test_refinement_is_off_by_default_and_the_log_says_why():
-    # Off since study 9: it cost a domain no study used 15-19 points (recipe.py).
+    # Off since study 9: it cost domains no study used up to 19 points (recipe.py, studies 9 and 10).
     steps, reason = refine_steps("synthetic", False, True)
     assert steps == REFINE_STEPS == 0 and reason.startswith("off by default") and "study" in reason
     for off in (("real", False, True), ("synthetic", True, True), ("synthetic", False, False)):
