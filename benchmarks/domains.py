@@ -27,6 +27,15 @@ No download: every set comes from a package installed by `make` (requirements.lo
   spectra         which of 10 power spectra (1/f^a, a = 0, 0.5, ..., 4.5) a 32x32 grey noise patch
                   has, at a random mean and contrast: a class that lives in pixel-scale statistics
                   alone, made to test study 10's reading of refinement (session 14)
+  gratings        how far from horizontal (0, 22.5, 45, 67.5 or 90 degrees, leaning either way, as a
+                  mirror leaves it) the stripes of a 32x32 grey sine grating lie, at a random
+                  wavelength, phase, mean, contrast and noise: orientation alone (session 15)
+  tints           which of 8 hues tints a 32x32 crop of the 10 grey photos, at a random saturation
+                  and brightness: colour alone, on natural textures (session 15)
+  focus           how blurred (5 Gaussian sigmas, 0 to 2.8 pixels) a 32x32 grey crop of the 20 bundled
+                  photos is: sharpness, a low-level task like corruptions' (session 15)
+
+The drawn domains (no photo in them) live in drawn_domains.py.
 
 Each is written as NAME-train.npz and NAME-test.npz (`images` uint8 (N, H, W[, C]), `labels`), the
 .npz layout every command reads. Fashion-MNIST, the fourth domain, is built in (`fashion-mnist`).
@@ -34,9 +43,13 @@ Usage: python benchmarks/domains.py --out runs/domains [--names mnist-5k,photo-c
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # drawn_domains.py beside it, however this file is loaded
+from drawn_domains import _drawn_splits, dots, gratings, letters, shapes, spectra  # noqa: E402
 
 COLOUR_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                  "colorwheel", "china.jpg", "flower.jpg")
@@ -103,147 +116,6 @@ def sklearn_digits(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     train, test = order[:1400], order[1400:]
     labels = digits.target.astype(np.int64)
     return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
-
-
-def _shrink_with_noise(image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """An image drawn at a multiple of `size`, shrunk to it (smooth edges) with pixel noise of a random strength."""
-    from PIL import Image
-
-    small = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float64)
-    return np.clip(small + rng.normal(0, rng.uniform(0, 12), small.shape), 0, 255).round().astype(np.uint8)
-
-
-def _drawn_splits(draw, classes: int, seed: int, train: int, test: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train and test splits of a drawn domain, balanced over `classes`: `draw(label, rng)` makes one image."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, count in (("train", train), ("test", test)):
-        labels = np.arange(count, dtype=np.int64) % classes
-        rng.shuffle(labels)
-        out[split] = (np.stack([draw(int(label), rng) for label in labels]), labels)
-    return out
-
-
-SHAPES = ("disc", "ring", "square", "frame", "triangle", "diamond", "pentagon", "star", "plus", "crescent")
-
-
-def _polygon(corners: int, radius: float, angle: float, centre: tuple[float, float], inner: float = 1.0) -> list:
-    """Corners of a regular polygon (or, with inner < 1, a star alternating radius and inner*radius)."""
-    points = []
-    steps = corners * (2 if inner < 1 else 1)
-    for k in range(steps):
-        r = radius * (inner if k % 2 else 1.0) if inner < 1 else radius
-        a = angle + 2 * np.pi * k / steps
-        points.append((centre[0] + r * np.cos(a), centre[1] + r * np.sin(a)))
-    return points
-
-
-def _shape(kind: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
-    """One image of shape class `kind`: drawn at 4x and downsampled (smooth edges), random place,
-    size, angle, grey levels and pixel noise."""
-    from PIL import Image, ImageDraw
-
-    scale = 4
-    big = size * scale
-    background, foreground = rng.uniform(0, 110), rng.uniform(145, 255)
-    if rng.random() < 0.5:
-        background, foreground = 255 - background, 255 - foreground  # dark on light as often as light on dark
-    image = Image.new("L", (big, big), int(background))
-    draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.22, 0.42) * big
-    centre = tuple(rng.uniform(radius, big - radius, size=2))
-    angle = rng.uniform(0, 2 * np.pi)
-    width = max(2, int(rng.uniform(0.1, 0.2) * radius))
-    fill, box = int(foreground), [centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius]
-    name = SHAPES[kind]
-    if name == "disc":
-        draw.ellipse(box, fill=fill)
-    elif name == "ring":
-        draw.ellipse(box, outline=fill, width=width)
-    elif name in ("square", "frame"):
-        corners = _polygon(4, radius, angle, centre)
-        draw.polygon(corners, fill=fill) if name == "square" else draw.line(corners + corners[:1], fill=fill, width=width)
-    elif name == "triangle":
-        draw.polygon(_polygon(3, radius, angle, centre), fill=fill)
-    elif name == "diamond":  # a rhombus: a square squashed along one diagonal
-        points = [(centre[0] + radius * np.cos(angle + k * np.pi / 2) * (1.0 if k % 2 == 0 else 0.5),
-                   centre[1] + radius * np.sin(angle + k * np.pi / 2) * (1.0 if k % 2 == 0 else 0.5)) for k in range(4)]
-        draw.polygon(points, fill=fill)
-    elif name == "pentagon":
-        draw.polygon(_polygon(5, radius, angle, centre), fill=fill)
-    elif name == "star":
-        draw.polygon(_polygon(5, radius, angle, centre, inner=0.45), fill=fill)
-    elif name == "plus":
-        for a in (angle, angle + np.pi / 2):
-            end = (radius * np.cos(a), radius * np.sin(a))
-            draw.line([(centre[0] - end[0], centre[1] - end[1]), (centre[0] + end[0], centre[1] + end[1])],
-                      fill=fill, width=2 * width)
-    else:  # crescent: a disc with a shifted disc of the background cut out of it
-        draw.ellipse(box, fill=fill)
-        shift = 0.45 * radius
-        cut = (centre[0] + shift * np.cos(angle), centre[1] + shift * np.sin(angle))
-        draw.ellipse([cut[0] - radius, cut[1] - radius, cut[0] + radius, cut[1] + radius], fill=int(background))
-    return _shrink_with_noise(image, size, rng)
-
-
-def shapes(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return _drawn_splits(_shape, len(SHAPES), seed, train, test)
-
-
-LETTERS = "ABEGKMRSWZ"
-
-
-def _letter(kind: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """One RGB image of letter class `kind`: drawn at 4x in Pillow's built-in font (the same on
-    every machine), random size, place, angle, colours (at least 80 grey levels apart) and noise."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    scale = 4
-    big = size * scale
-    while True:
-        background, foreground = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        if abs(background.mean() - foreground.mean()) >= 80:
-            break
-    image = Image.new("RGB", (big, big), tuple(int(c) for c in background))
-    font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = draw.textbbox((0, 0), LETTERS[kind], font=font)
-    slack_x, slack_y = max(big - (right - left), 1), max(big - (bottom - top), 1)
-    position = (rng.uniform(0.2, 0.8) * slack_x - left, rng.uniform(0.2, 0.8) * slack_y - top)
-    draw.text(position, LETTERS[kind], font=font, fill=tuple(int(c) for c in foreground))
-    image = image.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR, fillcolor=tuple(int(c) for c in background))
-    return _shrink_with_noise(image, size, rng)
-
-
-def letters(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return _drawn_splits(_letter, len(LETTERS), seed, train, test)
-
-
-def _dots(count: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """One grey image of `count` discs that do not touch, drawn at 4x: random radii, places, levels, noise."""
-    from PIL import Image, ImageDraw
-
-    scale = 4
-    big = size * scale
-    background = rng.uniform(0, 100)
-    if rng.random() < 0.5:
-        background = 255 - background
-    image = Image.new("L", (big, big), int(background))
-    draw = ImageDraw.Draw(image)
-    placed = []
-    while len(placed) < count:
-        radius = rng.uniform(0.04, 0.08) * big
-        centre = rng.uniform(radius + 2, big - radius - 2, size=2)
-        if all(np.hypot(*(centre - c)) > radius + r + 4 for c, r in placed):
-            placed.append((centre, radius))
-    for centre, radius in placed:
-        level = rng.uniform(150, 255) if background < 128 else rng.uniform(0, 105)
-        draw.ellipse([centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius], fill=int(level))
-    return _shrink_with_noise(image, size, rng)
-
-
-def dots(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return _drawn_splits(lambda label, rng: _dots(label + 1, rng), 10, seed, train, test)
 
 
 CORRUPTIONS = ("none", "blur", "motion-blur", "noise", "salt-pepper", "jpeg", "low-contrast", "pixelate",
@@ -329,22 +201,53 @@ def rotations(seed: int, train: int = 7800, test: int = 1998) -> dict[str, tuple
     return _drawn_splits(draw, 3, seed, train, test)
 
 
-def _spectral_noise(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """Grey noise whose power falls as 1/f^(label / 2), at a random mean and contrast."""
-    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
-    frequency = np.hypot(fy, fx)
-    frequency[0, 0] = 1.0  # the mean is set below, not by the spectrum
-    amplitude = frequency ** (-label / 4)  # power 1/f^a is amplitude 1/f^(a/2); a = label / 2
-    amplitude[0, 0] = 0.0
-    phases = np.exp(2j * np.pi * rng.random((size, size)))
-    field = np.fft.ifft2(amplitude * phases).real
-    field = (field - field.mean()) / (field.std() + 1e-12)
-    image = rng.uniform(0.3, 0.7) + rng.uniform(0.06, 0.2) * field
-    return np.clip(image * 255, 0, 255).round().astype(np.uint8)
+TINT_HUES = 8  # hues 0, 45, ..., 315 degrees round the colour wheel
 
 
-def spectra(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return _drawn_splits(_spectral_noise, 10, seed, train, test)
+def _tint(label: int, grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A grey crop (uint8 HxW) coloured with hue `label` x 360 / TINT_HUES degrees (jittered by up to a
+    quarter of the step) at a random saturation and brightness: each pixel's HSV colour is (hue,
+    saturation, its grey level x brightness), so no channel clips and every pixel has the hue."""
+    import colorsys
+
+    hue = ((label + rng.uniform(-0.25, 0.25)) / TINT_HUES) % 1.0
+    colour = np.array(colorsys.hsv_to_rgb(hue, 1.0, 1.0))  # its largest channel is 1
+    saturation, brightness = rng.uniform(0.25, 0.7), rng.uniform(0.7, 1.0)
+    tinted = grey.astype(np.float64)[..., None] * brightness * ((1 - saturation) + saturation * colour)
+    return tinted.round().astype(np.uint8)
+
+
+def tints(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    photos = [np.ascontiguousarray(_rgb(_photo(name))[..., 0]) for name in GREY_PHOTOS]  # horse is boolean
+    crop_rng = np.random.default_rng(seed + 1)  # the crops' stream, apart from the hues
+
+    def draw(label: int, rng: np.random.Generator) -> np.ndarray:
+        return _tint(label, _crops(photos, 1, 32, crop_rng)[0][0], rng)
+
+    return _drawn_splits(draw, TINT_HUES, seed, train, test)
+
+
+FOCUS_SIGMAS = (0.0, 0.7, 1.4, 2.1, 2.8)  # Gaussian blur in pixels of the 32x32 crop, one class each
+
+
+def _focus(label: int, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A grey crop (uint8 HxW) blurred by FOCUS_SIGMAS[label] pixels, with faint pixel noise."""
+    from PIL import Image, ImageFilter
+
+    image = Image.fromarray(crop)
+    sharp = np.asarray(image.filter(ImageFilter.GaussianBlur(FOCUS_SIGMAS[label])) if label else image, np.float64)
+    return np.clip(sharp + rng.normal(0, rng.uniform(0, 2), sharp.shape), 0, 255).round().astype(np.uint8)
+
+
+def focus(seed: int, train: int = 8000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    photos = [_rgb(_photo(name)) for name in COLOUR_PHOTOS + GREY_PHOTOS]
+    photos = [np.ascontiguousarray((p @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)) for p in photos]
+    crop_rng = np.random.default_rng(seed + 1)  # the crops' stream, apart from the noise
+
+    def draw(label: int, rng: np.random.Generator) -> np.ndarray:
+        return _focus(label, _crops(photos, 1, 32, crop_rng)[0][0], rng)
+
+    return _drawn_splits(draw, len(FOCUS_SIGMAS), seed, train, test)
 
 
 BUILDERS = {
@@ -358,6 +261,9 @@ BUILDERS = {
     "corruptions": lambda seed: corruptions(seed),
     "rotations": lambda seed: rotations(seed),
     "spectra": lambda seed: spectra(seed),
+    "gratings": lambda seed: gratings(seed),
+    "tints": lambda seed: tints(seed),
+    "focus": lambda seed: focus(seed),
 }
 
 
