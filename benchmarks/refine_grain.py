@@ -8,8 +8,9 @@ teacher's own classes, it takes the gradient of refinement's two terms with resp
 (refine.py: the cross-entropy of those classes, and 0.05 x the distance of every BatchNorm input's
 batch moments from the running statistics) and prints, for each term and for the images
 themselves, the grain: the mean absolute difference between neighbouring pixels (down and across,
-summed) over the mean absolute value. Smooth images score below 1; independent pixel noise about
-2.8; a checkerboard 4. Each --blur sigma adds the same figure after refine.py's Gaussian. Prints
+summed) over the mean absolute value (refine.grain). Smooth images score below 1; independent pixel
+noise about 2.8; a checkerboard 4. The statistics term's figure on 256 images is what `distill`
+measures (refine.teacher_grain) to decide whether to refine by default. Each --blur sigma adds the same figure after refine.py's Gaussian. Prints
 one JSON object.
 """
 
@@ -19,20 +20,11 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
-from surrogate_kd.config import RefineConfig
 from surrogate_kd.errors import UserError
-from surrogate_kd.refine import _gaussian_blur, _moment_distances, batch_norms, require_refinable
+from surrogate_kd.refine import _gaussian_blur, grain, require_refinable, term_gradients
 from surrogate_kd.sources import render
 from surrogate_kd.teacher import load_teacher
-
-
-def grain(z: torch.Tensor) -> float:
-    """Neighbour differences (down and across, summed) over mean absolute value."""
-    down = (z[..., 1:, :] - z[..., :-1, :]).abs().mean()
-    across = (z[..., :, 1:] - z[..., :, :-1]).abs().mean()
-    return round(float((down + across) / z.abs().mean()), 3)
 
 
 def _sigmas(text: str) -> list[float]:
@@ -59,20 +51,17 @@ def main() -> None:
         parser.exit(2, f"refine_grain: error: {error}\n")
     spec = teacher.spec
     x = render("shaders", args.seed, 0, args.images, spec.size, spec.channels).float().div(255)
-    with torch.no_grad():
-        labels = teacher(x).argmax(1)
-    x.requires_grad_(True)
-    with _moment_distances(batch_norms(teacher)) as distances:
-        class_term = F.cross_entropy(teacher(x), labels)
-        statistics_term = RefineConfig.bn_weight * torch.stack(distances).sum()
-    terms = {"class_term": torch.autograd.grad(class_term, x, retain_graph=True)[0],
-             "statistics_term": torch.autograd.grad(statistics_term, x)[0]}
-    images = x.detach() - x.detach().mean((2, 3), keepdim=True)  # each image's own mean taken out, like a gradient's
-    out = {"teacher": args.teacher, "images": args.images, "image_grain": grain(images),
-           "gradient_grain": {name: grain(g) for name, g in terms.items()}}
+    terms = term_gradients(teacher, x)
+    images = x - x.mean((2, 3), keepdim=True)  # each image's own mean taken out, like a gradient's
+
+    def grains(z: dict) -> dict:
+        return {name: round(grain(g), 3) for name, g in z.items()}
+
+    out = {"teacher": args.teacher, "images": args.images, "image_grain": round(grain(images), 3),
+           "gradient_grain": grains(terms)}
     for sigma in args.blur:
         blur = _gaussian_blur(sigma, spec.channels, torch.device("cpu"))
-        out[f"gradient_grain_blur_{sigma:g}"] = {name: grain(blur(g)) for name, g in terms.items()}
+        out[f"gradient_grain_blur_{sigma:g}"] = grains({name: blur(g) for name, g in terms.items()})
     print(json.dumps(out, indent=1))
 
 

@@ -38,7 +38,7 @@ from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_conf
 from .recipe import boundary_fraction as default_boundary_fraction
 from .recipe import data_kind as default_data_kind
 from .recipe import refine_steps as default_refine_steps
-from .refine import can_refine, require_refinable
+from .refine import can_refine, require_refinable, teacher_grain
 from .rundir import RunDir
 from .runtime import evaluate_logits, predict, resolve_device
 from .select import DEFAULT_CAP
@@ -117,13 +117,15 @@ def train_teacher(data: str = "fashion-mnist", out: str | Path = "runs/teacher",
     return run.finish(model, summary) if parallel.is_main() else {**summary, "config": run.identity}
 
 
-def _refine_config(steps: int, bn_weight: float | None, blur: float | None) -> "RefineConfig | None":
-    """The refinement a run asked for: None without steps; a field left out (None) means RefineConfig's."""
+def _refine_config(steps: int, bn_weight: float | None, blur: float | None, why: str) -> "RefineConfig | None":
+    """The refinement a run takes (`why`: how its steps were chosen): None without steps; a field
+    left out (None) means RefineConfig's."""
     given = {name: value for name, value in (("bn_weight", bn_weight), ("blur", blur)) if value is not None}
     if not steps:
         if given:
             flags = " and ".join(f"--refine-{name.replace('_', '-')}" for name in given)
-            raise UserError(f"{flags} {'shape' if len(given) > 1 else 'shapes'} a refinement: give --refine-steps too")
+            raise UserError(f"{flags} {'shape' if len(given) > 1 else 'shapes'} a refinement and this run refines "
+                            f"nothing ({why}): give --refine-steps too")
         return None
     return RefineConfig(steps, **given)
 
@@ -163,6 +165,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     if params and not is_source(data):
         raise UserError(f"--param sets a synthetic source's parameters; '{data}' is not a source")
     teacher_model = load_teacher(teacher)
+    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
+    teacher_model.to(device)  # before the defaults: the refinement's default measures the teacher there
     boundary_why = "as given"
     if boundary_fraction is None:
         boundary_fraction, boundary_why = default_boundary_fraction(kind, stream,
@@ -171,7 +175,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     refine_why = "as given"
     if refine_steps is None:
-        refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model))
+        refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model),
+                                                        lambda: teacher_grain(teacher_model, device))
     elif refine_steps:
         require_refinable(teacher_model)  # before the run directory is claimed
     pairs, deeper = keep_flags(BOUNDARY_KEEP if boundary_keep is None else boundary_keep)
@@ -179,18 +184,16 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)
     data_cfg = DataConfig(data, candidates, per_class or None, stream, tuple((params or {}).items()), boundary,
                           should_adapt(data, teacher_model.num_classes, adapt),
-                          _refine_config(refine_steps, refine_bn_weight, refine_blur))
+                          _refine_config(refine_steps, refine_bn_weight, refine_blur, refine_why))
     # The teacher's weights, not its path, identify it: a retrained teacher at the same path must
     # not let an old student pass for finished.
     run = RunDir(out, "distill", {"teacher": str(teacher), "teacher_fingerprint": teacher_fingerprint(teacher_model),
                                   "student": student, "data": asdict(data_cfg), "train": asdict(cfg),
                                   "eval_data": eval_data},
                  overwrite=overwrite, protect=() if isinstance(teacher, torch.nn.Module) else (teacher,))
-    device = parallel.init_if_needed(resolve_device(cfg.device), cfg.batch_size)
     if (done := parallel.from_main(run.claim)) is not None:
         return {**done, "reused": True}
     spec = teacher_model.spec
-    teacher_model.to(device)
     with run.working():
         with parallel.local_main_first():  # a --download runs once per machine; the other ranks read its files
             eval_set = _eval_set(eval_data, spec, download)

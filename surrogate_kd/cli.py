@@ -14,7 +14,8 @@ import sys
 
 from . import __version__
 from .config import BOUNDARY_KEEPS, RefineConfig, parse_assignments
-from .recipe import BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_STEPS, distill_recipe, teacher_recipe
+from .recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, distill_recipe,
+                     teacher_recipe)
 from .errors import UserError
 
 
@@ -210,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
          choices=list(BOUNDARY_KEEPS))
     _add(p, c, "--refine-steps", "refine the selected images (not the boundary samples) this many steps towards the "
                                   "teacher's BatchNorm statistics (DeepInversion's prior; a fixed synthetic set of a "
-                                  f"teacher with BatchNorm; default: {REFINE_STEPS}; {RefineConfig.steps} is the count "
-                                  "docs/recipe.md studied)",
+                                  f"teacher with BatchNorm; default: {REFINE_STEPS} when the teacher's pixel gradient "
+                                  f"is smoother than noise (grain below {REFINE_GRAIN_LIMIT:g}, docs/recipe.md study "
+                                  "11), else 0; the log says which)",
          type=int)
-    _add(p, c, "--refine-bn-weight", "with --refine-steps: the weight of the BatchNorm statistics term against the "
+    _add(p, c, "--refine-bn-weight", "for a refinement: the weight of the BatchNorm statistics term against the "
                                       f"class term (default: {RefineConfig.bn_weight}; 0: the class term alone)",
          type=float)
-    _add(p, c, "--refine-blur", "with --refine-steps: the Gaussian sigma in pixels that smooths each step, so that "
+    _add(p, c, "--refine-blur", "for a refinement: the Gaussian sigma in pixels that smooths each step, so that "
                                 "refinement cannot add pixel-scale grain (default: "
                                 f"{RefineConfig.blur}; 0: raw gradient steps)",
          type=float)

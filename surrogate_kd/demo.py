@@ -52,9 +52,9 @@ class DemoRecipe:
     # to four points (docs/demo.md, docs/boundary.md); the demo keeps the recipe its numbers and
     # its 15-minute budget come from.
     boundary_fraction: float = 0.0
-    # No refinement towards the teacher's BatchNorm statistics either (off by default too, since
-    # docs/recipe.md study 9): said here because the demo's numbers depend on it, and refining
-    # three synthetic sets would pass the 15-minute budget.
+    # No refinement towards the teacher's BatchNorm statistics either, although the defaults refine
+    # for this teacher (its gradient grain is 1.9, below noise's; docs/recipe.md study 11): refining
+    # three synthetic sets would pass the 15-minute budget (40 steps roughly double a CPU run).
     refine_steps: int = 0
     student: TrainConfig = TrainConfig(budget_images=250_000, batch_size=128, lr=0.05, tau=4.0, regime="high",
                                        mixup=False, nesterov=True, eval_every=0, regime_overrides=(("elastic_p", 0.0),))

@@ -18,15 +18,16 @@ against 0.38-0.79x; real data on a digit teacher 0.759 against 0.954).
 
 A fixed synthetic set also gets the paper's decision-boundary samples (boundary.py) from
 BOUNDARY_FRACTION of its candidates when the teacher has gradients (study 4 in docs/recipe.md:
-seven teachers of six domains, two seeds). Refining the selected candidates towards the teacher's
-BatchNorm statistics is the user's choice (`--refine-steps`): it raised the study teachers' students
-and lost on two domains no study used (studies 8-10).
+seven teachers of six domains, two seeds), and its selected candidates are refined towards the
+teacher's BatchNorm statistics when the teacher's pixel gradient is smoother than noise (studies
+8-11: it raised those teachers' students and cost the two rougher ones).
 """
 
 from typing import Any, Callable
 
 from .config import RefineConfig, TrainConfig, override, read_settings
 from .errors import UserError
+from .refine import NOISE_GRAIN
 
 DATA_KINDS = ("real", "synthetic")
 # The fixed set `distill` trains on: this many candidates (the paper's Sect. 3.1 cap of 50,000
@@ -68,18 +69,16 @@ BOUNDARY_KEEP = "all"
 
 
 # Refining the selected candidates (not the boundary samples) towards the teacher's BatchNorm
-# statistics (refine.py, `--refine-steps N`) is off by default. Study 8 (docs/recipe.md; 120,000
-# images) found 40 steps raised the student on the seven teachers it used (seed 0: 0.892x -> 0.944x
-# the original data's student; seed 1 on four: 0.778x -> 0.859x). Study 9 checked it on the two
-# domains no study had used: on dots it tied over two seeds (+9.2, -9.2 points); on `corruptions`,
-# a teacher whose classes live in pixel statistics, it cost 15.5 and 19.3 points (both seeds): the
-# refined images carry their class by statistics the teacher reads and real images do not share
-# (the class term alone, --refine-bn-weight 0, cost it 13.5 points and helped no teacher).
-# Study 10 found it gained 12 points at both seeds on `rotations`, a third new domain, and cost
-# `spectra` (noise spectra, pixel statistics again) 7.9 at one seed; smoothed steps (--refine-blur)
-# halved both harm and gain. A default must hold on teachers nobody studied, and it doubles a CPU
-# run's time. The studied count is RefineConfig's default (40); 120 steps traded teachers (study 9).
-REFINE_STEPS = 0
+# statistics (refine.py) for REFINE_STEPS steps, on teachers whose pixel gradient is smoother than
+# noise. Study 8 (docs/recipe.md; 120,000 images) found 40 steps raised the student on the seven
+# teachers it used (seed 0: 0.892x -> 0.944x the original data's student). Studies 9-10 found it cost
+# `corruptions` and `spectra` (image quality, noise spectra) 15-19 and up to 8 points: teachers that
+# read pixel-scale statistics, whose statistics-term gradient on plain shaders is rougher than
+# independent noise (refine.teacher_grain 3.9 and 3.2; every teacher it helped 0.5-2.2). Study 11
+# tested that rule on three domains built after it was drawn. Refinement doubles a CPU run's time; it
+# is fixed by the set, not the budget. 120 steps traded teachers (study 9).
+REFINE_STEPS = RefineConfig.steps
+REFINE_GRAIN_LIMIT = NOISE_GRAIN  # refine only teachers whose gradient grain is below this
 
 
 def data_kind(data: str) -> str:
@@ -116,18 +115,24 @@ def boundary_fraction(kind: str, stream: bool, differentiable: bool) -> tuple[fl
     return BOUNDARY_FRACTION, f"from {BOUNDARY_FRACTION:g} of the candidates (synthetic data, docs/recipe.md study 4)"
 
 
-def refine_steps(kind: str, stream: bool, refinable: bool) -> tuple[int, str]:
+def refine_steps(kind: str, stream: bool, refinable: bool, grain: Callable[[], float]) -> tuple[int, str]:
     """The refinement steps when the caller does not say, and why (the run's log line): REFINE_STEPS
-    for a fixed synthetic set of a teacher with BatchNorm statistics and gradients, else 0."""
+    for a fixed synthetic set of a teacher with BatchNorm statistics and gradients whose `grain()`
+    (refine.teacher_grain, measured only when all else allows refinement) is below
+    REFINE_GRAIN_LIMIT; else 0."""
     if kind != "synthetic":
         return 0, "none for real data"
     for off, reason in ((stream, "--stream draws fresh images"),
                         (not refinable, "the teacher has no BatchNorm statistics or no gradients")):
         if off:
             return 0, f"none: {reason}"
-    return REFINE_STEPS, (f"{REFINE_STEPS} steps towards the teacher's BatchNorm statistics" if REFINE_STEPS else
-                          f"off by default (docs/recipe.md, studies 8-10: {RefineConfig.steps} steps raised the "
-                          f"study teachers' students and cost two domains no study used up to 19 points)")
+    measured = grain()
+    if measured >= REFINE_GRAIN_LIMIT:
+        return 0, (f"none: the teacher's pixel gradient is as rough as noise (grain {measured:.2f}, limit "
+                   f"{REFINE_GRAIN_LIMIT:g}), where refinement cost the studies' students (docs/recipe.md, study 11)")
+    return REFINE_STEPS, (f"{REFINE_STEPS} steps towards the teacher's BatchNorm statistics: its pixel gradient is "
+                          f"smoother than noise (grain {measured:.2f}, limit {REFINE_GRAIN_LIMIT:g}; docs/recipe.md, "
+                          f"studies 8-11)")
 
 
 def distill_config(kind: str, layers: Callable[[TrainConfig], TrainConfig]) -> TrainConfig:

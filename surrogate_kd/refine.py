@@ -33,8 +33,13 @@ from . import parallel
 from .config import RefineConfig
 from .errors import UserError
 from .runtime import autocast_context
+from .sources import render
 
 REFINE_BATCH = 256  # images whose feature moments are matched together: enough for steady moments
+# One backward pass of this many images measures a teacher's grain: within 0.08 of 256 images' figure
+# on the gratings, tints and focus teachers (benchmarks/refine_grain.py --images), at a quarter of the memory.
+GRAIN_IMAGES = 64
+NOISE_GRAIN = 2.83  # `grain` of independent pixel noise: 2 x E|x - y| / E|x| = 2 x sqrt(2) for Gaussian pixels
 _SEED_STRIDE = 1_000_003  # batch b of a run seeded s draws its jitter from seed s * stride + b
 
 
@@ -122,6 +127,44 @@ def chosen_refiner(teacher, cfg, candidates: int, seed: int, device: torch.devic
         return images
 
     return apply
+
+
+def grain(z: Tensor) -> float:
+    """How rough a batch of images or gradients (N, C, H, W) is: the mean absolute difference between
+    neighbouring pixels (down and across, summed) over the mean absolute value. Smooth fields score
+    below 1, independent pixel noise NOISE_GRAIN, a checkerboard 4."""
+    down = (z[..., 1:, :] - z[..., :-1, :]).abs().mean()
+    across = (z[..., :, 1:] - z[..., :, :-1]).abs().mean()
+    return float((down + across) / z.abs().mean().clamp_min(1e-30))
+
+
+def term_gradients(teacher: torch.nn.Module, images: Tensor, bn_weight: float = RefineConfig.bn_weight) -> dict:
+    """The gradients with respect to `images` (float in [0, 1]) of refinement's two terms, each
+    image labelled with the teacher's own class: {"class_term": ..., "statistics_term": ...}."""
+    require_refinable(teacher)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            x = images.detach().clone().requires_grad_(True)
+            with _moment_distances(batch_norms(teacher)) as distances:
+                logits = teacher(x)
+                class_term = F.cross_entropy(logits, logits.detach().argmax(1))
+                statistics_term = bn_weight * torch.stack(distances).sum()
+            return {"class_term": torch.autograd.grad(class_term, x, retain_graph=True)[0],
+                    "statistics_term": torch.autograd.grad(statistics_term, x)[0]}
+    finally:
+        teacher.train(was_training)
+
+
+def teacher_grain(teacher: torch.nn.Module, device: torch.device, images: int = GRAIN_IMAGES) -> float:
+    """The grain of the statistics term's gradient on the first `images` plain shader images of
+    stream 0 at the teacher's size (fp32, on `device`, where the teacher is): a property of the
+    teacher, the same for every run of it. Studies 10-11 (docs/recipe.md): refinement raised the
+    students of teachers below NOISE_GRAIN and cost those above it."""
+    spec = teacher.spec
+    x = render("shaders", 0, 0, images, spec.size, spec.channels).to(device).float().div(255)
+    return grain(term_gradients(teacher, x)["statistics_term"])
 
 
 def _refine_batch(teacher, images: Tensor, labels: Tensor, cfg: RefineConfig, generator: torch.Generator,

@@ -8,7 +8,8 @@ from conftest import raises_one_line
 from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
-from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_STEPS, boundary_fraction,
+from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS,
+                                 boundary_fraction,
                                  distill_config, distill_recipe, refine_steps, resolve, teacher_recipe, why)
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
@@ -106,31 +107,46 @@ def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
         assert fraction == 0 and reason.startswith("none"), off
 
 
-def test_refinement_is_off_by_default_and_the_log_says_why():
-    # Off since study 9: it cost domains no study used up to 19 points (recipe.py, studies 9 and 10).
-    steps, reason = refine_steps("synthetic", False, True)
-    assert steps == REFINE_STEPS == 0 and reason.startswith("off by default") and "study" in reason
+def test_refinement_is_on_by_default_for_teachers_smoother_than_noise_and_the_log_says_why():
+    # Study 11 (recipe.py): refinement raised the students of teachers whose gradient grain is below
+    # that of pixel noise and cost those above it.
+    steps, reason = refine_steps("synthetic", False, True, lambda: REFINE_GRAIN_LIMIT - 0.5)
+    assert steps == REFINE_STEPS > 0 and "smoother than noise" in reason and "studies" in reason
+    steps, reason = refine_steps("synthetic", False, True, lambda: REFINE_GRAIN_LIMIT + 0.5)
+    assert steps == 0 and reason.startswith("none") and "rough as noise" in reason
+
+    def unmeasured():
+        raise AssertionError("the grain costs a backward pass: measured only where refinement could run")
+
     for off in (("real", False, True), ("synthetic", True, True), ("synthetic", False, False)):
-        steps, reason = refine_steps(*off)
+        steps, reason = refine_steps(*off, unmeasured)
         assert steps == 0 and reason.startswith("none"), off
 
 
-def test_distill_refines_the_selected_candidates_but_not_the_boundary_samples(tmp_path, tiny_dataset, capsys):
+def test_distill_refines_the_selected_candidates_but_not_the_boundary_samples(tmp_path, tiny_dataset, capsys,
+                                                                               monkeypatch):
     teacher = tmp_path / "teacher"
     api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)  # has BatchNorm: refinable
     weights = teacher / "model.safetensors"
     common = dict(candidates=64, per_class=8, adapt=False, **TINY_API)
+    monkeypatch.setattr(api, "teacher_grain", lambda teacher, device: REFINE_GRAIN_LIMIT + 1)  # rough as noise
     default = api.distill(weights, "shaders", tmp_path / "default", **common)
     assert "refined" not in default and default["config"]["data"]["refine"] is None
-    assert "refinement: off by default" in capsys.readouterr().err
+    assert "refinement: none: the teacher's pixel gradient is as rough as noise" in capsys.readouterr().err
+    monkeypatch.setattr(api, "teacher_grain", lambda teacher, device: REFINE_GRAIN_LIMIT - 1)  # smoother
+    smooth = api.distill(weights, "shaders", tmp_path / "default-smooth", **common)
+    assert smooth["config"]["data"]["refine"]["steps"] == REFINE_STEPS and smooth["refined"]["images"] > 0
     refined = api.distill(weights, "shaders", tmp_path / "refined", refine_steps=2, **common)
     assert refined["config"]["data"]["refine"]["steps"] == 2, "in the run's identity"
     assert "refinement: as given" in capsys.readouterr().err
     class_term = api.distill(weights, "shaders", tmp_path / "class-term", refine_steps=2, refine_bn_weight=0.0,
                              **common)
     assert class_term["config"]["data"]["refine"]["bn_weight"] == 0.0 and class_term["refined"]["images"] > 0
+    blurred_default = api.distill(weights, "shaders", tmp_path / "blur-default", refine_blur=1.0, **common)
+    assert blurred_default["config"]["data"]["refine"] == {**smooth["config"]["data"]["refine"], "blur": 1.0}
+    monkeypatch.setattr(api, "teacher_grain", lambda teacher, device: REFINE_GRAIN_LIMIT + 1)  # no default refinement
     raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "weight-alone", refine_bn_weight=0.0, **common),
-                    "give --refine-steps too")
+                    "give --refine-steps too", "rough as noise")
     raises_one_line(lambda: api.distill(weights, "shaders", tmp_path / "blur-alone", refine_blur=1.0, **common),
                     "--refine-blur shapes a refinement")
     raw = api.distill(weights, "shaders", tmp_path / "raw-steps", refine_steps=2, refine_blur=0.0, **common)

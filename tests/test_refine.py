@@ -7,7 +7,7 @@ from torch import nn
 from surrogate_kd.config import InputSpec, RefineConfig
 from surrogate_kd.errors import UserError
 from surrogate_kd.models import ImageClassifier
-from surrogate_kd.refine import REFINE_BATCH, can_refine, refine
+from surrogate_kd.refine import NOISE_GRAIN, REFINE_BATCH, can_refine, grain, refine, teacher_grain
 
 SPEC = InputSpec(8, 1, (0.0,), (1.0,), ("a", "b"))
 
@@ -157,3 +157,25 @@ def test_blurred_refinement_changes_images_smoothly():
         return ((change[..., 1:, :] - change[..., :-1, :]).abs().mean() / change.abs().mean()).item()
 
     assert roughness(1.0) < 0.5 * roughness(0.0)
+
+
+def test_grain_ranks_a_ramp_below_noise_below_a_checkerboard():
+    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    ramp = (rows + cols).float() - 31
+    noise = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    checkerboard = ((rows + cols) % 2 * 2 - 1).float()
+    assert grain(ramp) < 0.5 and abs(grain(noise) - NOISE_GRAIN) < 0.05 and grain(checkerboard) == 4.0
+
+
+def test_teacher_grain_is_a_property_of_the_teacher():
+    """The figure the default refinement decides by (recipe.refine_steps): the same for the same
+    teacher whatever mode it is in, and it leaves the teacher's statistics and mode alone."""
+    from surrogate_kd.config import InputSpec
+    from surrogate_kd.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("convnet_tiny", InputSpec(16, 3, (0.5,) * 3, (0.25,) * 3, ("a", "b", "c"))).train()
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    first = teacher_grain(teacher, torch.device("cpu"), images=32)
+    assert teacher.training and all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())
+    assert first == teacher_grain(teacher.eval(), torch.device("cpu"), images=32) and 0 < first < 10
