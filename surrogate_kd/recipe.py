@@ -74,9 +74,12 @@ BOUNDARY_KEEP = "all"
 # teachers it used (seed 0: 0.892x -> 0.944x the original data's student). Studies 9-10 found it cost
 # `corruptions` and `spectra` (image quality, noise spectra) 15-19 and up to 8 points: teachers that
 # read pixel-scale statistics, whose statistics-term gradient on plain shaders is rougher than
-# independent noise (refine.teacher_grain 3.9 and 3.2; every teacher it helped 0.5-2.2). Study 11
-# tested that rule on three domains built after it was drawn. Refinement doubles a CPU run's time; it
-# is fixed by the set, not the budget. 120 steps traded teachers (study 9).
+# independent noise (refine.teacher_grain 3.9 and 3.1; every teacher it helped 0.5-2.0). Study 11
+# tested that line on three domains built after it was drawn: orientation and hue tied at their
+# ceiling, blur level (grain 2.35) lost 2.1 points over two seeds, within a seed's spread; over the
+# twelve teachers below the line refinement gained on average on eight. The line is noise's own
+# grain, not fitted. Refinement doubles a CPU run's time; it is fixed by the set, not the budget.
+# 120 steps traded teachers (study 9).
 REFINE_STEPS = RefineConfig.steps
 REFINE_GRAIN_LIMIT = NOISE_GRAIN  # refine only teachers whose gradient grain is below this
 
@@ -129,7 +132,7 @@ def refine_steps(kind: str, stream: bool, refinable: bool, grain: Callable[[], f
     measured = grain()
     if measured >= REFINE_GRAIN_LIMIT:
         return 0, (f"none: the teacher's pixel gradient is as rough as noise (grain {measured:.2f}, limit "
-                   f"{REFINE_GRAIN_LIMIT:g}), where refinement cost the studies' students (docs/recipe.md, study 11)")
+                   f"{REFINE_GRAIN_LIMIT:g}), where refinement cost the studies' students (docs/recipe.md, studies 10-11)")
     return REFINE_STEPS, (f"{REFINE_STEPS} steps towards the teacher's BatchNorm statistics: its pixel gradient is "
                           f"smoother than noise (grain {measured:.2f}, limit {REFINE_GRAIN_LIMIT:g}; docs/recipe.md, "
                           f"studies 8-11)")
