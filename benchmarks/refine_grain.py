@@ -9,8 +9,9 @@ teacher's own classes, it takes the gradient of refinement's two terms with resp
 batch moments from the running statistics) and prints, for each term and for the images
 themselves, the grain: the mean absolute difference between neighbouring pixels (down and across,
 summed) over the mean absolute value (refine.grain). Smooth images score below 1; independent pixel
-noise about 2.8; a checkerboard 4. The statistics term's figure on 256 images is what `distill`
-measures (refine.teacher_grain) to decide whether to refine by default. Each --blur sigma adds the same figure after refine.py's Gaussian. Prints
+noise about 2.8; a checkerboard 4. `distill` decides whether to refine by default from the
+statistics term's figure on 64 images (refine.teacher_grain; `--images 64` here prints the same
+number). Each --blur sigma adds the same figure after refine.py's Gaussian. Prints
 one JSON object.
 """
 

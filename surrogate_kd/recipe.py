@@ -79,8 +79,9 @@ BOUNDARY_KEEP = "all"
 # ceiling, blur level (grain 2.35) lost 3.9 points over three seeds (its student still 0.91x-1.01x
 # the original data's): the line misses some teachers refinement costs. Over the twelve teachers
 # below it refinement gained on average on eight, and issue 14's bar (seed 0) holds on ten of eleven
-# held-out domains against seven without. The line is noise's own grain, not fitted. Refinement doubles a CPU run's time; it is fixed by the set, not the budget.
-# 120 steps traded teachers (study 9).
+# held-out domains against seven without. The line is noise's own grain, not fitted. Refinement
+# doubles a CPU run's time; it is fixed by the set, not the budget. 120 steps traded teachers
+# (study 9).
 REFINE_STEPS = RefineConfig.steps
 REFINE_GRAIN_LIMIT = NOISE_GRAIN  # refine only teachers whose gradient grain is below this
 

@@ -108,8 +108,8 @@ def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
 
 
 def test_refinement_is_on_by_default_for_teachers_smoother_than_noise_and_the_log_says_why():
-    # Study 11 (recipe.py): refinement raised the students of teachers whose gradient grain is below
-    # that of pixel noise and cost those above it.
+    # Studies 8-11 (recipe.py): refinement raised the students of most teachers whose gradient grain
+    # is below that of pixel noise (not all: focus) and cost both above it.
     steps, reason = refine_steps("synthetic", False, True, lambda: REFINE_GRAIN_LIMIT - 0.5)
     assert steps == REFINE_STEPS > 0 and "smoother than noise" in reason and "studies" in reason
     steps, reason = refine_steps("synthetic", False, True, lambda: REFINE_GRAIN_LIMIT + 0.5)
