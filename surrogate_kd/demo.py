@@ -53,7 +53,7 @@ class DemoRecipe:
     # its 15-minute budget come from.
     boundary_fraction: float = 0.0
     # No refinement towards the teacher's BatchNorm statistics either, although the defaults refine
-    # for this teacher (gradient grain 1.88, below noise's; docs/recipe.md studies 10-11): refining
+    # for this teacher (gradient grain 1.87, below noise's; docs/recipe.md studies 10-11): refining
     # three synthetic sets would pass the 15-minute budget (40 steps roughly double a CPU run).
     refine_steps: int = 0
     student: TrainConfig = TrainConfig(budget_images=250_000, batch_size=128, lr=0.05, tau=4.0, regime="high",
