@@ -101,8 +101,12 @@ def refine(teacher: torch.nn.Module, images: Tensor, labels: Tensor, cfg: Refine
             for b, start in enumerate(tqdm(starts, desc="refine", leave=False, disable=not parallel.is_main())):
                 rows = slice(start, start + REFINE_BATCH)
                 generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + first_batch + b)
-                out[rows] = _refine_batch(teacher, images[rows].to(device), labels[rows].to(device), cfg, generator,
-                                          distances, autocast).cpu()
+                try:
+                    out[rows] = _refine_batch(teacher, images[rows].to(device), labels[rows].to(device), cfg,
+                                              generator, distances, autocast).cpu()
+                except torch.OutOfMemoryError as error:  # a large teacher at 224 px on a small card
+                    raise UserError(f"refining {REFINE_BATCH} images at a time (the moments are a batch's) ran out of "
+                                    f"memory on {device}; --refine-steps 0 skips refinement") from error
     finally:
         teacher.train(was_training)
     return out

@@ -179,3 +179,18 @@ def test_teacher_grain_is_a_property_of_the_teacher():
     first = teacher_grain(teacher, torch.device("cpu"), images=32)
     assert teacher.training and all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())
     assert first == teacher_grain(teacher.eval(), torch.device("cpu"), images=32) and 0 < first < 10
+
+
+def test_running_out_of_memory_while_refining_is_one_line_that_says_how_to_skip_it(monkeypatch):
+    # Refinement is on by default for most teachers; a 224 px teacher's batch of REFINE_BATCH may not
+    # fit a small card. The user gets the way out, not a traceback.
+    import surrogate_kd.refine as refine_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(refine_module, "_refine_batch", out_of_memory)
+    with pytest.raises(UserError, match="ran out of memory.*--refine-steps 0") as error:
+        refine(planted_teacher(0.7, 0.04), dark_images(4), torch.zeros(4, dtype=torch.int64), RefineConfig(steps=2),
+               seed=0, device=torch.device("cpu"))
+    assert "\n" not in str(error.value)
