@@ -175,8 +175,10 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         raise UserError("--boundary-every-epoch needs --boundary-fraction (the share of the set to attack)")
     refine_why = "as given"
     if refine_steps is None:
-        refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model),
-                                                        lambda: teacher_grain(teacher_model, device))
+        def measured_grain() -> float:  # rank 0's figure on every rank: one decision, one run identity
+            return parallel.from_main(lambda: teacher_grain(teacher_model, device))
+
+        refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model), measured_grain)
     elif refine_steps:
         require_refinable(teacher_model)  # before the run directory is claimed
     pairs, deeper = keep_flags(BOUNDARY_KEEP if boundary_keep is None else boundary_keep)

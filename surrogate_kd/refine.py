@@ -164,8 +164,8 @@ def term_gradients(teacher: torch.nn.Module, images: Tensor, bn_weight: float = 
 def teacher_grain(teacher: torch.nn.Module, device: torch.device, images: int = GRAIN_IMAGES) -> float:
     """The grain of the statistics term's gradient on the first `images` plain shader images of
     stream 0 at the teacher's size (fp32, on `device`, where the teacher is): a property of the
-    teacher, the same for every run of it. Studies 10-11 (docs/recipe.md): refinement raised the
-    students of teachers below NOISE_GRAIN and cost those above it."""
+    teacher, the same for every run of it. Studies 10-11 (docs/recipe.md): refinement cost both
+    teachers above NOISE_GRAIN and raised most below it (not all: focus)."""
     spec = teacher.spec
     x = render("shaders", 0, 0, images, spec.size, spec.channels).to(device).float().div(255)
     return grain(term_gradients(teacher, x)["statistics_term"])
