@@ -141,8 +141,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     """Distill `teacher` into a fresh `student` through surrogate `data` (a set name/path or a source).
 
     The recipe is the measured one (recipe.py, docs/recipe.md: tau 4, no mixup, batch 128 at lr
-    0.05, `standard`; synthetic data from 1,000,000 images `high`); `train_settings` are
-    TrainConfig fields over it.
+    0.05, `standard`; synthetic data tau 3 below 1,000,000 images and `high` from there);
+    `train_settings` are TrainConfig fields over it.
     `per_class`: images kept per predicted class out of `candidates` (0 or None: keep all).
     `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
     `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once

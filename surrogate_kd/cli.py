@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, c, "--data-kind", "picks the recipe (tau, regime); default: synthetic for sources but photos, else real",
          choices=["real", "synthetic"])
     p.add_argument("--tau", type=float, help=f"KD temperature (default: {distill_recipe('real').tau:g} for real data, "
-                                             f"{distill_recipe('synthetic').tau:g} for synthetic)")
+                                             f"{distill_recipe('synthetic').tau:g} for synthetic below {HEAVY_FROM:,} images and "
+                                             f"{distill_recipe('synthetic', HEAVY_FROM).tau:g} from there)")
     p.add_argument("--targets", choices=["soft", "onehot", "smoothed"], help="KD targets (default: soft)")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
     _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)

@@ -74,9 +74,13 @@ def test_the_synthetic_regime_follows_the_budget_unless_set():
     assert distill_config("synthetic", lambda base: base).regime == "standard", "a budget in epochs"
     assert distill_config("real", lambda base: resolve(base, {"budget_images": 10**7})).regime == "standard"
     short = at(1000)
-    assert (short.tau, short.mixup, short.lr) == (long.tau, long.mixup, long.lr), "only the regime follows the budget"
-    assert why("synthetic", short).endswith("for 1,000 images: `standard`")
-    assert why("synthetic", long).endswith("`high`")
+    assert (short.tau, long.tau) == (3.0, 4.0), "synthetic data: tau 3 at short budgets (study 12), 4 at long ones"
+    assert (short.mixup, short.lr) == (long.mixup, long.lr)
+    assert distill_config("synthetic", lambda base: base).tau == 3.0, "a budget in epochs counts as short"
+    assert distill_config("real", lambda base: resolve(base, {"budget_images": 1000})).tau == 4.0
+    assert at(1000, tau=6.0).tau == 6.0 and at(10**7, ["tau=1.5"]).tau == 1.5, "a tau the caller sets wins"
+    assert why("synthetic", short).endswith("for 1,000 images: tau 3, `standard`")
+    assert why("synthetic", long).endswith("tau 4, `high`")
 
 
 def test_every_command_is_a_library_function_with_the_same_options():
