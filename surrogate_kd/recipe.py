@@ -101,7 +101,7 @@ REFINE_GRAIN_LIMIT = NOISE_GRAIN  # refine only teachers whose gradient grain is
 
 def data_kind(data: str) -> str:
     """'synthetic' for generated sources; 'real' for image sets and for `photos` (real photographs,
-    out of domain). Both take the same recipe today; the kind picks the regime at long budgets."""
+    out of domain). The kind picks tau below HEAVY_FROM images and the regime from there."""
     from .teacher import is_source
 
     return "synthetic" if is_source(data) and data != "photos" else "real"
@@ -167,9 +167,9 @@ def why(kind: str, cfg: TrainConfig) -> str:
     """Why the defaults of a distillation config are what they are (the run's log line)."""
     if kind == "synthetic":
         budget = f"{cfg.budget_images:,} images" if cfg.budget_images else "a budget in epochs"
-        chosen = distill_recipe(kind, cfg.budget_images)
-        return (f"{MEASURED}; tau and the regime follow the budget in images: tau {SYNTHETIC_SHORT['tau']:g} and "
-                f"`standard` below {HEAVY_FROM:,} (study 12), tau {SHORT_SCHEDULE['tau']:g} and `high` without its "
+        chosen, short, long = (distill_recipe(kind, b) for b in (cfg.budget_images, None, HEAVY_FROM))
+        return (f"{MEASURED}; tau and the regime follow the budget in images: tau {short.tau:g} and "
+                f"`{short.regime}` below {HEAVY_FROM:,} (study 12), tau {long.tau:g} and `{long.regime}` without its "
                 f"elastic warp from there on (budgets in epochs: below); for {budget}: tau {chosen.tau:g}, "
                 f"`{chosen.regime}`")
     return MEASURED

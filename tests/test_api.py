@@ -61,7 +61,7 @@ def test_layers_replace_only_what_they_name(tmp_path):
     assert resolve(teacher_recipe(), TrainConfig(epochs=3)) == TrainConfig(epochs=3), "a whole config is taken as is"
 
 
-def test_the_synthetic_regime_follows_the_budget_unless_set():
+def test_the_synthetic_recipe_follows_the_budget_unless_set():
     def at(budget, settings=None, **fields):
         return distill_config("synthetic", lambda base: resolve(base, {"budget_images": budget}, settings, **fields))
 
