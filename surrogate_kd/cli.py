@@ -13,7 +13,7 @@ import json
 import sys
 
 from . import __version__
-from .config import BOUNDARY_KEEPS, RefineConfig, parse_assignments
+from .config import BOUNDARY_KEEPS, KD_TARGETS, RefineConfig, parse_assignments
 from .recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, distill_recipe,
                      teacher_recipe)
 from .errors import UserError
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, help=f"KD temperature (default: {distill_recipe('real').tau:g} for real data, "
                                              f"{distill_recipe('synthetic').tau:g} for synthetic below {HEAVY_FROM:,} images and "
                                              f"{distill_recipe('synthetic', HEAVY_FROM).tau:g} from there)")
-    p.add_argument("--targets", choices=["soft", "onehot", "smoothed"], help="KD targets (default: soft)")
+    p.add_argument("--targets", choices=KD_TARGETS, help="KD targets (default: soft; config.KD_TARGETS says what each is)")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
     _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)
     _add(p, c, "--stream", "fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0",

@@ -14,6 +14,12 @@ from typing import Any
 from .errors import UserError
 
 
+# What a student learns from the teacher's logits on each image: `soft`, Hinton's tempered softmax
+# (KL * tau^2); `logits`, the logits themselves (squared error of the centred logits, half the
+# mean over classes: the high-temperature limit of `soft`, so the same lr fits); `onehot` and
+# `smoothed`, its argmax as a hard or smoothed label (the paper's Table 4).
+KD_TARGETS = ("soft", "logits", "onehot", "smoothed")
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model expects: stored in every checkpoint so data can be converted on the way in."""
@@ -50,7 +56,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # teacher training, or 'smoothed' KD targets
     # Distillation only.
     tau: float = 4.0
-    targets: str = "soft"  # soft | onehot | smoothed (paper Table 4)
+    targets: str = "soft"  # one of KD_TARGETS
     # Augmentation (see augment.py for the regimes) and mixup.
     regime: str = "standard"
     regime_overrides: tuple[tuple[str, Any], ...] = ()
@@ -81,8 +87,8 @@ class TrainConfig:
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require(self.targets in ("soft", "onehot", "smoothed"),
-                 f"unknown KD targets '{self.targets}'; valid: soft, onehot, smoothed")
+        _require(self.targets in KD_TARGETS,
+                 f"unknown KD targets '{self.targets}'; valid: {', '.join(KD_TARGETS)}")
         _require(self.precision in ("auto", "bf16", "fp32"),
                  f"unknown precision '{self.precision}'; valid: auto, bf16, fp32")
         from .augment import get_regime

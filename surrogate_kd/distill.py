@@ -23,7 +23,7 @@ from .augment import augment, get_regime, mixup
 from .batches import Batches
 from .capture import CapturedStep, capture_possible, sgd_update
 from .checkpoint import load_state, save_state
-from .config import TrainConfig
+from .config import KD_TARGETS, TrainConfig
 from .data import ImageSet
 from .errors import UserError
 from .rundir import METRICS_FILE, STATE_FILE, as_json, same_run
@@ -38,6 +38,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     log_p_teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
     log_p_student = F.log_softmax(student_logits.float() / tau, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * tau**2
+
+
+def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Logit matching: half the mean squared difference of the centred logits, averaged over the batch.
+
+    Centred because a softmax ignores a shift; halved and averaged over classes so that it is the
+    limit of `kd_loss` as tau grows (Hinton et al. 2015, Sect. 2.1), and the same lr fits both.
+    """
+    difference = student_logits.float() - teacher_logits.float()
+    difference = difference - difference.mean(1, keepdim=True)
+    return 0.5 * difference.pow(2).mean(1).mean()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -71,8 +82,8 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
     `update` replaces `optimizer.step()` (the captured step's tensor-lr SGD); autocast then keeps
     no cast cache, which CUDA graphs need.
     """
-    if cfg.targets not in ("soft", "onehot", "smoothed"):
-        raise UserError(f"unknown KD targets '{cfg.targets}'; valid: soft, onehot, smoothed")
+    if cfg.targets not in KD_TARGETS:
+        raise UserError(f"unknown KD targets '{cfg.targets}'; valid: {', '.join(KD_TARGETS)}")
     autocast = autocast_context(next(model.parameters()).device, cfg.precision, cache=update is None)
     update = update or optimizer.step
     smoothing = cfg.label_smoothing if cfg.targets == "smoothed" else 0.0
@@ -95,6 +106,8 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
                     teacher_logits = teacher(x)
                 if cfg.targets == "soft":
                     loss = kd_loss(logits, teacher_logits, cfg.tau)
+                elif cfg.targets == "logits":
+                    loss = logit_loss(logits, teacher_logits)
                 else:
                     loss = F.cross_entropy(logits.float(), teacher_logits.argmax(1), label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ import torch
 from surrogate_kd.batches import ArrayBatches
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.data import ImageSet, open_images
-from surrogate_kd.distill import kd_loss, learning_rate, train
+from surrogate_kd.distill import kd_loss, learning_rate, logit_loss, train
 from surrogate_kd.errors import UserError
 
 
@@ -31,6 +31,16 @@ def test_kd_loss_is_zero_for_identical_logits_and_averages_over_batch():
     s = torch.randn(5, 10)
     per_row = torch.stack([kd_loss(s[i:i + 1], t[i:i + 1], 3.0) for i in range(5)])
     assert kd_loss(s, t, 3.0).item() == pytest.approx(per_row.mean().item(), rel=1e-5)
+
+
+def test_logit_matching_is_soft_kd_at_high_temperature_and_ignores_a_shift():
+    s, t = torch.randn(6, 10), torch.randn(6, 10)
+    tau = 1000.0  # KL * tau^2 in float64: at this tau float32 rounding is larger than the limit's error
+    log_ps, log_pt = (torch.log_softmax(x.double() / tau, 1) for x in (s, t))
+    soft_at_high_tau = ((log_pt.exp() * (log_pt - log_ps)).sum(1).mean() * tau**2).item()
+    assert logit_loss(s, t).item() == pytest.approx(soft_at_high_tau, rel=1e-2)
+    assert logit_loss(s + 3.0, t).item() == pytest.approx(logit_loss(s, t).item(), rel=1e-5)
+    assert logit_loss(t + 1.5, t).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_learning_rate_is_half_period_cosine():
@@ -56,6 +66,12 @@ def test_teacher_training_then_distillation_learn_the_task(tiny_dataset, tiny_sp
     assert run.eval_accuracy > 0.95
     assert all(torch.equal(a, b) for a, b in zip(weights_before, teacher.parameters())), "teacher must stay frozen"
     assert all(p.grad is None for p in teacher.parameters())
+
+    # Logit matching learns the same task from the same images (`--targets logits`).
+    student = tiny_model(tiny_spec)
+    run = train(student, ArrayBatches(unlabelled, 64, 0, torch.device("cpu")), replace(fast_config, targets="logits"),
+                teacher=teacher, eval_set=data)
+    assert run.eval_accuracy > 0.95
 
 
 def test_mixup_and_augmentation_path_runs_and_learns(tiny_dataset, tiny_spec, tiny_model):
