@@ -24,7 +24,7 @@ naming the key. A checkpoint teacher's file must exist only when its cells are s
       noise: {data: noise, boundary_fraction: 0.1, recipe: {tau: 20}}
     recipe: {budget_images: 250000, tau: 4, augment: {elastic_p: 0.0}}   # every student
     grid:                                 # variants: the cartesian product of the axes
-      targets: [soft, logits, onehot]   # a recipe or set field and its values, or
+      targets: [soft, logits, onehot]     # a recipe or set field and its values, or
       selection:                          # named bundles of fields
         balanced: {candidates: 40000, per_class: 2000}
         none: {candidates: 20000, per_class: null}
