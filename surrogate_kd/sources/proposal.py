@@ -14,7 +14,7 @@ weights, so image i stays a function of (seed, i, proposal).
 
 The JSON form (what pools and runs record as the source parameter `proposal`):
 
-    {"format": "shaders-proposal/2",
+    {"format": "shaders-proposal/1",
      "shader": {"layers": 3, "figure": 0.5},   # the shader parameters it was fitted for
      "bins": 32, "spread": 0.05,
      "weights": [M numbers >= 0],
@@ -22,8 +22,8 @@ The JSON form (what pools and runs record as the source parameter `proposal`):
      "figure_bins":  [M strings of D_figure base-36 digits],   # the figure's own draws
      "about": {...}}                                           # provenance, not used to render
 
-One digit per draw keeps a proposal of 500 kernels near 55 kB (D_program is 77 at layers=3,
-D_figure 32), so pools and runs can record it beside their other parameters.
+One digit per draw keeps a proposal of 500 kernels near 45 kB (D_program is 77 at layers=3,
+D_figure 9), so pools and runs can record it beside their other parameters.
 
 Every op of the warp is elementwise (compare, gather, divide), so an image is byte-identical
 whatever batch renders it, and the 'where' strategy keeps a fixed op count with no host sync.
@@ -40,7 +40,7 @@ from torch import Tensor
 from ..errors import UserError
 from .rng import Draws
 
-FORMAT = "shaders-proposal/2"  # /2: the figure draws 32 uniforms (scattered copies, ground), not 9
+FORMAT = "shaders-proposal/1"
 COMPONENT_SALT = 0x434F4D50  # the program's pick of a component: its own stream, apart from its draws
 _KEYS = {"format", "shader", "bins", "spread", "weights", "program_bins", "figure_bins", "about"}
 _BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 uniform Draws can return

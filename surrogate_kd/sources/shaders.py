@@ -49,7 +49,7 @@ from ..registry import SOURCES
 from .pixels import to_uint8, with_channels
 from .proposal import Prepared, prepare
 from .rng import Draws
-from .shader_ops import TAU, TRANSFORMS, VALUES, fract, log_param, param, rotate
+from .shader_ops import TAU, TRANSFORMS, VALUES, fract, param, rotate
 from .strategy import per_image
 
 
@@ -89,49 +89,30 @@ def _colourise(v: Tensor, u: Tensor) -> Tensor:
 
 
 FIGURE_SALT = 0x46494755  # the figure's draws have their own stream: plain renders stay as they were
-# A scattered figure is 2..MAX_COPIES small copies of one shape (same form, size and angle, each in
-# its own place): scenes of several objects, which one large shape never shows. A third of the
-# figures scatter, and a third stand on a grey ground instead of black; a proposal moves both shares.
-MAX_COPIES = 10
-FIGURE_DRAWS = 14 + 2 * (MAX_COPIES - 1)  # the shape (9), scatter and ground (5), the copies' places
 
 
-def _figure(seed: int, programs: Tensor, attempt: "int | Tensor", size: int, figure: float,
-            warp=None, trace: "list | None" = None) -> tuple[Tensor, Tensor]:
-    """The figure's mask (n, 1, size, size) in [0, 1] (1 for plain renders) and its ground (n, 1, 1, 1).
+def _figure_mask(seed: int, programs: Tensor, attempt: "int | Tensor", size: int, figure: float,
+                 warp=None, trace: "list | None" = None) -> Tensor:
+    """(n, 1, size, size) in [0, 1]: 1 for plain renders, else a shape's soft-edged inside.
 
     The shape is a signed distance d (< 0 inside) of an ellipse, a box or a trapezoid with
     half-axes 0.2-0.95 of the half-image, rotated, its centre within 0.3 of the middle; the mask
     ramps linearly over a width of 0.02-0.3 around d = 0 (a ramp, not a sigmoid: see the module
-    notes on position-dependent CPU ops). A scattered figure shrinks the shape by 0.1-0.45 and
-    adds copies anywhere in the frame; the mask is their union. The ground is black or, for a
-    third, a grey level. A figure that neither scatters nor has a grey ground renders as it did
-    before scattering existed. warp, trace: as in `Draws`.
+    notes on position-dependent CPU ops). warp, trace: as in `Draws`.
     """
     device = programs.device
-    u = Draws(seed, programs, salt=FIGURE_SALT + attempt, warp=warp, trace=trace).uniform(FIGURE_DRAWS)
-    scattered = param(u, 9) < 1 / 3
-    copies = torch.where(scattered, 2 + torch.floor(param(u, 10) * (MAX_COPIES - 1)), 1.0)
-    scale = torch.where(scattered, log_param(u, 11, 0.1, 0.45), 1.0)
-    ground = torch.where(param(u, 12) < 1 / 3, param(u, 13), 0.0)
-    half_axes = param(u, 4, 0.2, 0.95) * scale, param(u, 5, 0.2, 0.95) * scale
-    angle, kind, width = param(u, 3, 0, TAU), param(u, 7), param(u, 8, 0.02, 0.3)
+    u = Draws(seed, programs, salt=FIGURE_SALT + attempt, warp=warp, trace=trace).uniform(9)
     grid = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
-    mask = None
-    for copy in range(MAX_COPIES):  # a fixed loop, copies past `copies` masked out: no data-dependent ops
-        centre = ((param(u, 1, -0.3, 0.3), param(u, 2, -0.3, 0.3)) if copy == 0 else
-                  (param(u, 12 + 2 * copy, -0.85, 0.85), param(u, 13 + 2 * copy, -0.85, 0.85)))
-        x, y = rotate(grid.view(1, 1, size) - centre[1], grid.view(1, size, 1) - centre[0], angle)
-        x, y = x / half_axes[0], y / half_axes[1]  # unit-sized shape coordinates
-        ellipse = torch.sqrt(x * x + y * y) - 1
-        box = torch.maximum(x.abs(), y.abs()) - 1
-        trapezoid = torch.maximum(y.abs(), x.abs() - (1.5 - 0.5 * y) * param(u, 6, 0.3, 0.9)) - 1  # one end wider
-        distance = torch.where(kind < 1 / 3, ellipse, torch.where(kind < 2 / 3, box, trapezoid))
-        inside = (0.5 - distance / width).clamp(0.0, 1.0)
-        mask = inside if mask is None else torch.where(copy < copies, torch.maximum(mask, inside), mask)
-    is_figure = param(u, 0) < figure
-    return (torch.where(is_figure, mask, torch.ones_like(mask)).unsqueeze(1),
-            torch.where(is_figure, ground, 0.0).view(-1, 1, 1, 1))
+    y = grid.view(1, size, 1) - param(u, 1, -0.3, 0.3)
+    x = grid.view(1, 1, size) - param(u, 2, -0.3, 0.3)
+    x, y = rotate(x, y, param(u, 3, 0, TAU))
+    x, y = x / param(u, 4, 0.2, 0.95), y / param(u, 5, 0.2, 0.95)  # unit-sized shape coordinates
+    ellipse = torch.sqrt(x * x + y * y) - 1
+    box = torch.maximum(x.abs(), y.abs()) - 1
+    trapezoid = torch.maximum(y.abs(), x.abs() - (1.5 - 0.5 * y) * param(u, 6, 0.3, 0.9)) - 1  # one end wider
+    distance = torch.where(param(u, 7) < 1 / 3, ellipse, torch.where(param(u, 7) < 2 / 3, box, trapezoid))
+    mask = (0.5 - distance / param(u, 8, 0.02, 0.3)).clamp(0.0, 1.0)
+    return torch.where(param(u, 0) < figure, mask, torch.ones_like(mask)).unsqueeze(1)
 
 
 def _render(seed: int, programs: Tensor, attempt: "int | Tensor", time_steps: Tensor, size: int, layers: int,
@@ -173,8 +154,7 @@ def _render(seed: int, programs: Tensor, attempt: "int | Tensor", time_steps: Te
     rgb = _colourise(v, colour_params)
     if figure <= 0:
         return rgb
-    mask, ground = _figure(seed, programs, attempt, size, figure, figure_warp, figure_trace)
-    return rgb * mask + ground * (1 - mask)
+    return rgb * _figure_mask(seed, programs, attempt, size, figure, figure_warp, figure_trace)
 
 
 @functools.lru_cache(maxsize=None)
