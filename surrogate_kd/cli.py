@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, help=f"KD temperature (default: {distill_recipe('real').tau:g} for real data, "
                                              f"{distill_recipe('synthetic').tau:g} for synthetic below {HEAVY_FROM:,} images and "
                                              f"{distill_recipe('synthetic', HEAVY_FROM).tau:g} from there)")
-    p.add_argument("--targets", choices=KD_TARGETS, help="KD targets (default: soft; config.KD_TARGETS says what each is)")
+    p.add_argument("--targets", choices=KD_TARGETS, help="what the student learns from the teacher: soft (its tempered softmax), logits (the "
+                                                          "logits themselves), onehot / smoothed (its argmax as a label); "
+                                                          f"default: {distill_recipe('synthetic').targets}")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
     _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)
     _add(p, c, "--stream", "fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0",

@@ -20,6 +20,7 @@ from .errors import UserError
 # `smoothed`, its argmax as a hard or smoothed label (the paper's Table 4).
 KD_TARGETS = ("soft", "logits", "onehot", "smoothed")
 
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model expects: stored in every checkpoint so data can be converted on the way in."""
