@@ -30,6 +30,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=99, help="the source's seed: apart from the runs' seed 0")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.exit(2, f"teacher_scale: error: --images must be >= 1, got {args.images}\n")
     torch.set_num_threads(args.threads)
     print("| teacher | logit std, median | logit std, 90th percentile | top softmax, tau 1 | top softmax, tau 3 |")
     print("|---|---|---|---|---|")

@@ -23,7 +23,7 @@ from .augment import augment, get_regime, mixup
 from .batches import Batches
 from .capture import CapturedStep, capture_possible, sgd_update
 from .checkpoint import load_state, save_state
-from .config import KD_TARGETS, TrainConfig
+from .config import TrainConfig
 from .data import ImageSet
 from .errors import UserError
 from .rundir import METRICS_FILE, STATE_FILE, as_json, same_run
@@ -78,12 +78,11 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
     Returns step(x, labels=None, mix=None) -> the batch's loss (a detached device tensor: no host
     sync). x: (B, C, H, W) floats in [0, 1]; mix: (lambda, permutation) when x was mixed.
     Without a teacher: cross-entropy on labels (mixed like x); with one: KD on the teacher's
-    logits for the very same x (soft targets) or on its argmax (one-hot / smoothed targets).
+    logits for the very same x (soft targets, or the logits themselves: config.KD_TARGETS, which
+    TrainConfig checks) or on its argmax (one-hot / smoothed targets).
     `update` replaces `optimizer.step()` (the captured step's tensor-lr SGD); autocast then keeps
     no cast cache, which CUDA graphs need.
     """
-    if cfg.targets not in KD_TARGETS:
-        raise UserError(f"unknown KD targets '{cfg.targets}'; valid: {', '.join(KD_TARGETS)}")
     autocast = autocast_context(next(model.parameters()).device, cfg.precision, cache=update is None)
     update = update or optimizer.step
     smoothing = cfg.label_smoothing if cfg.targets == "smoothed" else 0.0

@@ -33,3 +33,9 @@ def test_a_wrong_path_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH), str(tmp_path / "missing.safetensors")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "not found" in done.stderr
+
+
+def test_no_images_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH), str(tmp_path / "any.safetensors"), "--images", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == "teacher_scale: error: --images must be >= 1, got 0"
