@@ -52,10 +52,13 @@ def _add_training_flags(p, recipes: dict) -> None:
     per data kind where they differ, so no default is written here."""
 
     def default(name: str) -> str:
-        values = {kind: getattr(cfg, name) for kind, cfg in recipes.items()}
-        if len(set(map(str, values.values()))) == 1:
-            return f"default: {next(iter(values.values()))}"
-        return "default: " + ", ".join(f"{value} for {kind}" for kind, value in values.items())
+        kinds_of: dict[str, list[str]] = {}  # each value, with the kinds that take it
+        for kind, cfg in recipes.items():
+            kinds_of.setdefault(str(getattr(cfg, name)), []).append(kind)
+        if len(kinds_of) == 1:
+            return f"default: {next(iter(kinds_of))}"
+        listed = {value: ", ".join(kinds[:-1]) + " and " * (len(kinds) > 1) + kinds[-1] for value, kinds in kinds_of.items()}
+        return "default: " + "; ".join(f"{value} for {kinds}" for value, kinds in listed.items())
 
     g = p.add_argument_group("training (defaults: the recipe for the command and data kind, see recipe.py; "
                              "--set KEY=VALUE reaches every TrainConfig field)")
@@ -233,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
          action="store_true")
     _add(p, c, "--eval-data", "labelled set to report accuracy on, e.g. fashion-mnist:test")
     _add(p, c, "--download", "allow downloading named datasets", action="store_true")
-    _add_training_flags(p, {"real data": distill_recipe("real"), "synthetic data": distill_recipe("synthetic"),
-                            f"synthetic data from {HEAVY_FROM:,} images": distill_recipe("synthetic", HEAVY_FROM)})
+    _add_training_flags(p, {f"{kind} data{suffix}": distill_recipe(kind, budget) for kind in ("real", "synthetic")
+                            for budget, suffix in ((None, ""), (HEAVY_FROM, f" from {HEAVY_FROM:,} images"))})
     p.set_defaults(func=cmd_distill)
 
     c = "evaluate"

@@ -8,7 +8,7 @@ from conftest import raises_one_line
 from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
-from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS,
+from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, SHORT_BATCH,
                                  boundary_fraction,
                                  distill_config, distill_recipe, refine_steps, resolve, teacher_recipe, why)
 
@@ -61,7 +61,7 @@ def test_layers_replace_only_what_they_name(tmp_path):
     assert resolve(teacher_recipe(), TrainConfig(epochs=3)) == TrainConfig(epochs=3), "a whole config is taken as is"
 
 
-def test_the_synthetic_recipe_follows_the_budget_unless_set():
+def test_the_recipe_follows_the_budget_unless_set():
     def at(budget, settings=None, **fields):
         return distill_config("synthetic", lambda base: resolve(base, {"budget_images": budget}, settings, **fields))
 
@@ -78,9 +78,16 @@ def test_the_synthetic_recipe_follows_the_budget_unless_set():
     assert (short.mixup, short.lr) == (long.mixup, long.lr)
     assert distill_config("synthetic", lambda base: base).tau == 3.0, "a budget in epochs counts as short"
     assert distill_config("real", lambda base: resolve(base, {"budget_images": 1000})).tau == 4.0
+    real = {b: distill_config("real", lambda base: resolve(base, {"budget_images": b})) for b in (1000, HEAVY_FROM)}
+    assert (short.batch_size, real[1000].batch_size) == (SHORT_BATCH, SHORT_BATCH)
+    assert (long.batch_size, real[HEAVY_FROM].batch_size) == (128, 128) and SHORT_BATCH < 128, \
+        "short budgets: more, smaller steps"
+    assert distill_config("real", lambda base: base).batch_size == SHORT_BATCH, "a budget in epochs counts as short"
+    assert at(1000, batch_size=256).batch_size == 256, "a batch the caller sets wins"
     assert at(1000, tau=6.0).tau == 6.0 and at(10**7, ["tau=1.5"]).tau == 1.5, "a tau the caller sets wins"
-    assert why("synthetic", short).endswith("for 1,000 images: tau 3, `standard`")
-    assert why("synthetic", long).endswith("tau 4, `high`")
+    assert why("synthetic", short).endswith(f"for 1,000 images: batch {SHORT_BATCH}, tau 3, `standard`")
+    assert why("synthetic", long).endswith("batch 128, tau 4, `high`")
+    assert why("real", real[HEAVY_FROM]).endswith("for 1,000,000 images: batch 128")
 
 
 def test_every_command_is_a_library_function_with_the_same_options():
