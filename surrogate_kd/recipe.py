@@ -52,7 +52,7 @@ SHORT_SCHEDULE = dict(tau=4.0, mixup=False, batch_size=128, lr=0.05, nesterov=Tr
 # takes, and at these budgets the student is short of steps: at 120,000 images batch 128 is 937 of
 # them. Real data: the original data's students averaged 0.905 at batch 32 over the nine teachers,
 # against 0.897 at 16, 0.885 at 64 and 0.868 at 128. Synthetic data: 64 and 32 raised the shader
-# students over 128 by 13 and 12 points on average on five cells of four teachers (dots 0.41 ->
+# students over 128 by 11.3 and 10.6 points on average on five cells of four teachers (dots 0.41 ->
 # 0.69 / 0.63 at seed 0), and tied each other (0.815x and 0.809x the original data's student at 32),
 # where the worst cell, study 12's tie-break, is 32's (0.658x against 0.626x). At 250,000 images on
 # the demo's teacher the shader students at 128, 64 and 32 were within a point, the original data's
