@@ -56,8 +56,8 @@ SHORT_SCHEDULE = dict(tau=4.0, mixup=False, batch_size=128, lr=0.05, nesterov=Tr
 # 0.69 / 0.63 at seed 0), and tied each other (0.815x and 0.809x the original data's student at 32),
 # where the worst cell, study 12's tie-break, is 32's (0.658x against 0.626x). At 250,000 images on
 # the demo's teacher, over two seeds, the shader students at 128, 64 and 32 were within 0.3 points
-# of each other and the original data's half a point better at 32 than at 128. From HEAVY_FROM the batch stays 128: nothing smaller
-# was measured there.
+# of each other and the original data's half a point better at 32 than at 128. From HEAVY_FROM the
+# batch stays SHORT_SCHEDULE's 128: nothing smaller was measured there.
 SHORT_BATCH = 32
 # The augmentation regime for synthetic data follows the budget (docs/recipe.md, adaptive shaders).
 # From 60,000 to 250,000 images `standard` beat `high` on average over three teachers at every

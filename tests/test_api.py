@@ -90,6 +90,13 @@ def test_the_recipe_follows_the_budget_unless_set():
     assert why("real", real[HEAVY_FROM]).endswith("for 1,000,000 images: batch 128")
 
 
+def test_distill_help_gives_each_default_batch_from_the_recipe(capsys):
+    assert main(["distill", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"(default: {SHORT_BATCH} for real data and synthetic data; 128 for real data from 1,000,000 images and "
+            "synthetic data from 1,000,000 images)") in text
+
+
 def test_every_command_is_a_library_function_with_the_same_options():
     """Each CLI option of a command is a parameter of the api function of the same name."""
     import argparse
