@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              f"{distill_recipe('synthetic').tau:g} for synthetic below {HEAVY_FROM:,} images and "
                                              f"{distill_recipe('synthetic', HEAVY_FROM).tau:g} from there)")
     p.add_argument("--targets", choices=KD_TARGETS, help="what the student learns from the teacher: soft (its tempered softmax), logits (the "
-                                                          "logits themselves), onehot / smoothed (its argmax as a label); "
+                                                          "logits themselves), onehot / smoothed (its argmax as a label), per-image (soft at "
+                                                          "tau x the spread of the teacher's logits on each image over the batch's median); "
                                                           f"default: {distill_recipe('synthetic').targets}")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
     _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)

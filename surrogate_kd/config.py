@@ -17,8 +17,9 @@ from .errors import UserError
 # What a student learns from the teacher's logits on each image: `soft`, Hinton's tempered softmax
 # (KL * tau^2); `logits`, the logits themselves (squared error of the centred logits, half the
 # mean over classes: the high-temperature limit of `soft`, so the same lr fits); `onehot` and
-# `smoothed`, its argmax as a hard or smoothed label (the paper's Table 4).
-KD_TARGETS = ("soft", "logits", "onehot", "smoothed")
+# `smoothed`, its argmax as a hard or smoothed label (the paper's Table 4); `per-image`, `soft` at a
+# temperature per image that follows the spread of the teacher's logits on it (distill.per_image_tau).
+KD_TARGETS = ("soft", "logits", "onehot", "smoothed", "per-image")
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,12 @@ def test_tensor_lr_update_matches_torch_sgd(momentum, weight_decay, nesterov):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def _step_ops(batch: int) -> OpCounter:
+def _step_ops(batch: int, targets: str = "soft") -> OpCounter:
     torch.manual_seed(0)
     teacher = inference_copy(build_model("convnet_tiny", SPEC))
     student = build_model("convnet_tiny", SPEC)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    cfg = TrainConfig(tau=4.0, precision="fp32")
+    cfg = TrainConfig(tau=4.0, precision="fp32", targets=targets)
     make_step(student, optimizer, cfg, teacher)(torch.rand(batch, 3, 16, 16))  # SGD's buffers exist from here on
     lr = torch.tensor(0.05)
     step = make_step(student, optimizer, cfg, teacher, update=lambda: sgd_update(optimizer, lr))
@@ -59,10 +59,11 @@ def _step_ops(batch: int) -> OpCounter:
     return ops
 
 
-def test_the_captured_step_body_is_graph_safe():
+@pytest.mark.parametrize("targets", ["soft", "per-image"])
+def test_the_captured_step_body_is_graph_safe(targets):
     """Teacher forward, student forward/backward and the tensor-lr SGD update: the same ops at any
     batch size, no host sync, no tensor from Python data (all three would break a CUDA graph)."""
-    small, large = _step_ops(8), _step_ops(256)
+    small, large = _step_ops(8, targets), _step_ops(256, targets)
     assert small.host_syncs == {} and small.python_tensors == 0, (small.host_syncs, small.python_tensors)
     assert small.total == large.total and small.ops == large.ops
 

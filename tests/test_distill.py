@@ -9,7 +9,7 @@ import torch
 from surrogate_kd.batches import ArrayBatches
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.data import ImageSet, open_images
-from surrogate_kd.distill import kd_loss, learning_rate, logit_loss, train
+from surrogate_kd.distill import kd_loss, kd_loss_per_image, learning_rate, logit_loss, per_image_tau, train
 from surrogate_kd.errors import UserError
 
 
@@ -33,6 +33,23 @@ def test_kd_loss_is_zero_for_identical_logits_and_averages_over_batch():
     assert kd_loss(s, t, 3.0).item() == pytest.approx(per_row.mean().item(), rel=1e-5)
 
 
+def test_per_image_temperature_follows_the_teachers_spread_on_each_image():
+    """An image whose teacher logits are k times as spread out as the batch's median is tempered at
+    k * tau, so its target is the median image's; at equal spreads the loss is plain `kd_loss`."""
+    base = torch.randn(7, 10)
+    base = base / base.std(1, keepdim=True)  # every image's spread 1
+    scales = torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 8.0, 0.5])
+    taus = per_image_tau(base * scales[:, None], 3.0)
+    assert taus.tolist() == pytest.approx((3.0 * scales).tolist(), rel=1e-5)
+    s = torch.randn(7, 10)
+    assert kd_loss_per_image(s, base, 3.0).item() == pytest.approx(kd_loss(s, base, 3.0).item(), rel=1e-5)
+    # each image is plain KD at its own temperature
+    t = base * scales[:, None]
+    per_row = torch.stack([kd_loss(s[i:i + 1], t[i:i + 1], taus[i].item()) for i in range(7)])
+    assert kd_loss_per_image(s, t, 3.0).item() == pytest.approx(per_row.mean().item(), rel=1e-5)
+    assert torch.isfinite(kd_loss_per_image(s, torch.zeros(7, 10), 3.0))  # a teacher with flat logits
+
+
 def test_logit_matching_is_soft_kd_at_high_temperature_and_ignores_a_shift():
     s, t = torch.randn(6, 10), torch.randn(6, 10)
     tau = 1000.0  # KL * tau^2 in float64: at this tau float32 rounding is larger than the limit's error
@@ -43,17 +60,19 @@ def test_logit_matching_is_soft_kd_at_high_temperature_and_ignores_a_shift():
     assert logit_loss(t + 1.5, t).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_the_step_trains_on_the_loss_its_targets_name(tiny_spec, tiny_model, fast_config):
-    """`--targets logits` reaches the loop: the step's loss is logit_loss of the batch, and it falls."""
+@pytest.mark.parametrize("targets,loss", [("logits", logit_loss),
+                                          ("per-image", lambda s, t: kd_loss_per_image(s, t, 3.0))])
+def test_the_step_trains_on_the_loss_its_targets_name(tiny_spec, tiny_model, fast_config, targets, loss):
+    """`--targets` reaches the loop: the step's loss is the one its targets name, and it falls."""
     from surrogate_kd.distill import make_step
 
     torch.manual_seed(0)
     teacher, student = tiny_model(tiny_spec).eval(), tiny_model(tiny_spec)
     x = torch.rand(32, tiny_spec.channels, tiny_spec.size, tiny_spec.size)
-    cfg = replace(fast_config, targets="logits")
+    cfg = replace(fast_config, targets=targets, tau=3.0)
     step = make_step(student, torch.optim.SGD(student.parameters(), lr=cfg.lr), cfg, teacher)
     with torch.no_grad():
-        expected = logit_loss(student(x), teacher(x)).item()
+        expected = loss(student(x), teacher(x)).item()
     losses = [step(x).item() for _ in range(20)]
     assert losses[0] == pytest.approx(expected, rel=1e-5)
     assert losses[-1] < 0.5 * losses[0]
