@@ -9,7 +9,7 @@ from surrogate_kd import api
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, SHORT_BATCH,
-                                 SYNTHETIC_SHORT_LR, boundary_fraction,
+                                 SHORT_BATCH_LR, boundary_fraction,
                                  distill_config, distill_recipe, refine_steps, resolve, teacher_recipe, why)
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
@@ -76,9 +76,11 @@ def test_the_recipe_follows_the_budget_unless_set():
     short = at(1000)
     assert (short.tau, long.tau) == (3.0, 4.0), "synthetic data: tau 3 at short budgets (study 12), 4 at long ones"
     assert short.mixup == long.mixup
-    assert (short.lr, long.lr) == (SYNTHETIC_SHORT_LR, 0.05), "synthetic data: lr 0.025 at batch 32 (study 16)"
-    assert distill_config("real", lambda base: resolve(base, {"budget_images": 1000})).lr == 0.05
-    assert at(1000, lr=0.1).lr == 0.1, "an lr the caller sets wins"
+    assert (short.lr, long.lr) == (SHORT_BATCH_LR["synthetic"], 0.05) == (0.025, 0.05), "study 16"
+    real_lr = {b: distill_config("real", lambda base: resolve(base, {"budget_images": b})).lr for b in (1000, HEAVY_FROM)}
+    assert real_lr == {1000: SHORT_BATCH_LR["real"], HEAVY_FROM: 0.05} and SHORT_BATCH_LR["real"] == 0.0125
+    assert distill_config("real", lambda base: base).lr == 0.0125, "a budget in epochs counts as short"
+    assert at(1000, lr=0.1).lr == 0.1 and at(1000, ["lr=0.2"]).lr == 0.2, "an lr the caller sets wins"
     assert distill_config("synthetic", lambda base: base).tau == 3.0, "a budget in epochs counts as short"
     assert distill_config("real", lambda base: resolve(base, {"budget_images": 1000})).tau == 4.0
     real = {b: distill_config("real", lambda base: resolve(base, {"budget_images": b})) for b in (1000, HEAVY_FROM)}
@@ -90,7 +92,8 @@ def test_the_recipe_follows_the_budget_unless_set():
     assert at(1000, tau=6.0).tau == 6.0 and at(10**7, ["tau=1.5"]).tau == 1.5, "a tau the caller sets wins"
     assert why("synthetic", short).endswith(f"for 1,000 images: batch {SHORT_BATCH}, lr 0.025, tau 3, `standard`")
     assert why("synthetic", long).endswith("batch 128, lr 0.05, tau 4, `high`")
-    assert why("real", real[HEAVY_FROM]).endswith("for 1,000,000 images: batch 128")
+    assert why("real", real[HEAVY_FROM]).endswith("for 1,000,000 images: batch 128, lr 0.05")
+    assert why("real", real[1000]).endswith("for 1,000 images: batch 32, lr 0.0125")
 
 
 def test_distill_help_gives_each_default_batch_and_lr_from_the_recipe(capsys):
@@ -98,8 +101,8 @@ def test_distill_help_gives_each_default_batch_and_lr_from_the_recipe(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert (f"(default: {SHORT_BATCH} for real data and synthetic data; 128 for real data from 1,000,000 images and "
             "synthetic data from 1,000,000 images)") in text
-    assert (f"(default: 0.05 for real data, real data from 1,000,000 images and synthetic data from 1,000,000 "
-            f"images; {SYNTHETIC_SHORT_LR} for synthetic data)") in text
+    assert ("(default: 0.0125 for real data; 0.05 for real data from 1,000,000 images and synthetic data from "
+            "1,000,000 images; 0.025 for synthetic data)") in text
 
 
 def test_every_command_is_a_library_function_with_the_same_options():
