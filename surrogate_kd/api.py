@@ -34,9 +34,10 @@ from .data import DATASET_STATS, ImageSet, open_images
 from .distill import train
 from .errors import UserError
 from .models import build_model, count_parameters
-from .recipe import BOUNDARY_KEEP, CANDIDATES, PER_CLASS, describe, distill_config, resolve, teacher_recipe, why
+from .recipe import BOUNDARY_KEEP, CANDIDATES, describe, distill_config, resolve, teacher_recipe, why
 from .recipe import boundary_fraction as default_boundary_fraction
 from .recipe import data_kind as default_data_kind
+from .recipe import per_class as default_per_class
 from .recipe import refine_steps as default_refine_steps
 from .refine import can_refine, require_refinable, teacher_grain
 from .rundir import RunDir
@@ -131,7 +132,7 @@ def _refine_config(steps: int, bn_weight: float | None, blur: float | None, why:
 
 
 def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", student: str = "convnet_tiny", *,
-            candidates: int = CANDIDATES, per_class: int | None = PER_CLASS, stream: bool = False,
+            candidates: int = CANDIDATES, per_class: int | None = None, stream: bool = False,
             boundary_fraction: float | None = None, boundary_targets: str = "least-predicted",
             boundary_every_epoch: bool = False, boundary_method: str = "auto", boundary_keep: str | None = None,
             adapt: bool | None = None, refine_steps: int | None = None, refine_bn_weight: float | None = None,
@@ -143,7 +144,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
     The recipe is the measured one (recipe.py, docs/recipe.md: tau 4, no mixup, batch 128 at lr
     0.05, `standard`; synthetic data tau 3 below 1,000,000 images and `high` from there);
     `train_settings` are TrainConfig fields over it.
-    `per_class`: images kept per predicted class out of `candidates` (0 or None: keep all).
+    `per_class`: images kept per predicted class out of `candidates` (0: keep all; None: the recipe's,
+    recipe.per_class: recipe.SET_IMAGES split over the teacher's classes).
     `stream=True` (synthetic sources only) renders fresh images every step instead of a fixed set.
     `boundary_fraction` > 0 adds decision-boundary samples from that share of the candidates, once
     before selection or, with `boundary_every_epoch`, afresh from the selected set every epoch
@@ -181,6 +183,9 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         refine_steps, refine_why = default_refine_steps(kind, stream, can_refine(teacher_model), measured_grain)
     elif refine_steps:
         require_refinable(teacher_model)  # before the run directory is claimed
+    per_class_why = "as given" if per_class else "none: every candidate is kept"
+    if per_class is None:
+        per_class, per_class_why = default_per_class(teacher_model.num_classes)
     pairs, deeper = keep_flags(BOUNDARY_KEEP if boundary_keep is None else boundary_keep)
     boundary = (BoundaryConfig(boundary_fraction, boundary_targets, boundary_every_epoch, method=boundary_method,
                                deeper=deeper, pairs=pairs) if boundary_fraction else None)
@@ -205,7 +210,8 @@ def distill(teacher: str | Path, data: str, out: str | Path = "runs/student", st
         if parallel.is_main():
             save_grid(first, run.path / "samples.png")  # what the student is shown (before augmentation)
         _say(f"distill recipe: {describe(cfg)}; defaults for {kind} data: {why(kind, cfg)}; any field can be set; "
-             f"boundary samples: {boundary_why} (--boundary-fraction); refinement: {refine_why} (--refine-steps)")
+             f"selection: {per_class_why} (--per-class); boundary samples: {boundary_why} (--boundary-fraction); "
+             f"refinement: {refine_why} (--refine-steps)")
         torch.manual_seed(cfg.seed)  # before the model: the seed fixes the initial weights too
         model = build_model(student, spec)
         result = train(model, batches, cfg, teacher=teacher_model, eval_set=eval_set, run_dir=run.path,

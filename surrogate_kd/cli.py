@@ -14,8 +14,8 @@ import sys
 
 from . import __version__
 from .config import BOUNDARY_KEEPS, KD_TARGETS, RefineConfig, parse_assignments
-from .recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, distill_recipe,
-                     teacher_recipe)
+from .recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, SET_IMAGES,
+                     distill_recipe, teacher_recipe)
 from .errors import UserError
 
 
@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "tau x the spread of the teacher's logits on each image over the batch's median); "
                                                           f"default: {distill_recipe('synthetic').targets}")
     _add(p, c, "--candidates", "images drawn before teacher-balanced selection", type=int)
-    _add(p, c, "--per-class", "images kept per predicted class (0: keep all)", type=int)
+    _add(p, c, "--per-class", f"images kept per predicted class (default: {SET_IMAGES:,} images split over the teacher's "
+                                "classes; 0: keep all)", type=int)
     _add(p, c, "--stream", "fresh synthetic images every step, teacher-balanced on the fly unless --per-class 0",
          action="store_true")
     _add(p, c, "--boundary-fraction", "attack this fraction of the candidates for decision-boundary samples "

@@ -184,7 +184,7 @@ class DataConfig:
 
     data: str
     candidates: int  # the library's default: recipe.CANDIDATES
-    per_class: int | None  # recipe.PER_CLASS
+    per_class: int | None  # by default recipe.per_class(classes): recipe.SET_IMAGES over the classes
     stream: bool = False
     source_params: tuple[tuple[str, Any], ...] = ()
     boundary: BoundaryConfig | None = None

@@ -130,7 +130,7 @@ def explain(out: str | Path = "runs/explain", sets: tuple[str, ...] = ("digits",
     for name in sets:
         data = train_digits if name == "digits" else name
         result = distill(teacher_path, data, out / f"student-{name}", "toy_mnist", candidates=candidates,
-                         per_class=None, boundary_fraction=0.0, eval_data=test_digits, download=download,
+                         per_class=0, boundary_fraction=0.0, eval_data=test_digits, download=download,
                          settings={**STUDENT_SETTINGS, "budget_images": budget_images, "seed": seed,
                                    "device": device})
         # The very candidates the student was distilled from (a pure function of data, count and seed).

@@ -5,12 +5,12 @@ import json
 import pytest
 from conftest import raises_one_line
 
-from surrogate_kd import api
+from surrogate_kd import api, recipe
 from surrogate_kd.cli import main
 from surrogate_kd.config import TrainConfig
 from surrogate_kd.recipe import (BOUNDARY_FRACTION, BOUNDARY_KEEP, HEAVY_FROM, REFINE_GRAIN_LIMIT, REFINE_STEPS, SHORT_BATCH,
-                                 SHORT_BATCH_LR, boundary_fraction,
-                                 distill_config, distill_recipe, refine_steps, resolve, teacher_recipe, why)
+                                 SET_IMAGES, SHORT_BATCH_LR, boundary_fraction, distill_config, distill_recipe,
+                                 per_class, refine_steps, resolve, teacher_recipe, why)
 
 TINY_CLI = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]
 TINY_API = dict(epochs=1, batch_size=32, device="cpu", precision="fp32")
@@ -131,6 +131,33 @@ def test_boundary_samples_are_the_default_for_fixed_synthetic_sets_only():
                 ("synthetic", False, False)):  # a black box: no gradients to attack with
         fraction, reason = boundary_fraction(*off)
         assert fraction == 0 and reason.startswith("none"), off
+
+
+def test_the_set_holds_the_same_number_of_images_whatever_the_teacher_s_classes():
+    # The paper fixes the set's size (50,000 for CIFAR-10 and CIFAR-100 alike); a fixed count per
+    # class gave a 3-class teacher 6,000 images and would give an ImageNet one 2,000,000.
+    assert per_class(10)[0] == 2000, "the ten-class studies' sets are unchanged"
+    for classes in (2, 3, 7, 100, 1000):
+        count, reason = per_class(classes)
+        assert abs(count * classes - SET_IMAGES) <= classes / 2 and f"{classes} classes" in reason
+    assert per_class(10 * SET_IMAGES)[0] == 1, "at least one image a class"
+
+
+def test_distill_keeps_the_recipe_s_set_unless_told_and_the_log_says_why(tmp_path, tiny_dataset, capsys, monkeypatch):
+    teacher = tmp_path / "teacher"
+    api.train_teacher(str(tiny_dataset), teacher, "convnet_tiny", **TINY_API)  # four classes
+    weights = teacher / "model.safetensors"
+    monkeypatch.setattr(recipe, "SET_IMAGES", 40)  # a set the size of a test
+    common = dict(candidates=64, budget_images=64, batch_size=32, device="cpu", precision="fp32")
+    default = api.distill(weights, str(tiny_dataset), tmp_path / "default", **common)
+    assert default["config"]["data"]["per_class"] == 10 and default["selected"] == 40
+    assert "selection: 10 per class: 40 images over the teacher's 4 classes" in capsys.readouterr().err
+    given = api.distill(weights, str(tiny_dataset), tmp_path / "given", per_class=9, **common)
+    assert given["config"]["data"]["per_class"] == 9 and given["selected"] == 36
+    assert "selection: as given" in capsys.readouterr().err
+    every = api.distill(weights, str(tiny_dataset), tmp_path / "every", per_class=0, **common)
+    assert every["config"]["data"]["per_class"] is None and "selected" not in every
+    assert "selection: none: every candidate is kept" in capsys.readouterr().err
 
 
 def test_refinement_is_on_by_default_for_teachers_smoother_than_noise_and_the_log_says_why():

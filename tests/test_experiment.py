@@ -110,13 +110,13 @@ def test_settings_reach_nested_keys_and_grid_bundles_split_into_set_and_recipe()
                                          "sets.shaders.params.figure=0.5"])
     assert raw["recipe"]["tau"] == 8 and raw["teachers"]["fmnist"]["train"]["epochs"] == 1
     raw["grid"] = {"selection": {"balanced": {"per_class": 50, "candidates": 500},
-                                 "none": {"per_class": None, "tau": 2}}}
+                                 "none": {"per_class": 0, "tau": 2}}}
     p = plan(raw | {"out": "unused"})
     by_name = {c.name: c for c in p.cells}
     balanced = by_name["fmnist/convnet_tiny/shaders/selection=balanced"]
     assert balanced.options["per_class"] == 50 and balanced.options["params"] == {"figure": 0.5}
     assert balanced.config.tau == 8 and by_name["fmnist/convnet_tiny/shaders/selection=none"].config.tau == 2
-    assert by_name["fmnist/convnet_tiny/original/selection=none"].options["per_class"] is None
+    assert by_name["fmnist/convnet_tiny/original/selection=none"].options["per_class"] == 0
     assert p.set_axes == ("selection",)
     assert p.teachers["fmnist"].config.epochs == 1
 
@@ -234,9 +234,9 @@ def test_failed_cell_is_reported_after_the_others_results(tmp_path, tiny_dataset
               "teachers": {"t": {"data": str(tiny_dataset), "arch": "convnet_tiny",
                                  "train": {"epochs": 1, "batch_size": 64, "regime": "none", "precision": "fp32"}}},
               "students": ["convnet_tiny"],
-              "sets": {"original": {"data": "original", "candidates": 0, "per_class": None},
+              "sets": {"original": {"data": "original", "candidates": 0, "per_class": 0},
                        # 32 images cannot fill one batch of 64: this cell fails when it builds its batches.
-                       "few": {"data": "noise", "candidates": 32, "per_class": None}},
+                       "few": {"data": "noise", "candidates": 32, "per_class": 0}},
               "recipe": {"budget_images": 128, "batch_size": 64, "regime": "none", "mixup": False,
                          "precision": "fp32", "eval_every": 0}}
     with pytest.raises(UserError, match="1 of the experiment's runs failed .*t/convnet_tiny/few"):

@@ -27,12 +27,13 @@ naming the key. A checkpoint teacher's file must exist only when its cells are s
       targets: [soft, logits, onehot]     # a recipe or set field and its values, or
       selection:                          # named bundles of fields
         balanced: {candidates: 40000, per_class: 2000}
-        none: {candidates: 20000, per_class: null}
+        none: {candidates: 20000, per_class: 0}
     # variants: {name: {field: value, ...}, ...}    instead of grid: an explicit list
 
 A student's recipe is layered: the library's recipe for the set's data kind (recipe.py), then
 `recipe`, the set's `recipe`, the variant's fields, and `device`. A set's fields (and their
-defaults) are api.distill's options; `per_class: null` keeps every candidate.
+defaults) are api.distill's options; `per_class: 0` keeps every candidate (null, the default, takes
+the recipe's: recipe.SET_IMAGES split over the teacher's classes).
 
 Outputs in OUT: experiment.yaml (the config as run), results.csv, results.json, results.md (the
 paper's layouts: rows teacher x student [x variant axes], columns sets; Table 3's relative

@@ -39,7 +39,7 @@ def _distill(long_tail: float | None = None, pool: str | None = None, **kwargs) 
         summary = {"wanted": wanted, **{k: v for k, v in summary.items() if k != "out"}}
         atomic_write_text(summary_file, json.dumps(summary, indent=2))
     # The long-tailed pool is the whole set (the spec allows no boundary samples beside it).
-    result = api.distill(**{**kwargs, "data": pool, "candidates": 0, "per_class": None, "boundary_fraction": 0.0})
+    result = api.distill(**{**kwargs, "data": pool, "candidates": 0, "per_class": 0, "boundary_fraction": 0.0})
     # The candidates' relative entropy, like every other cell's (the pool's own is the long tail's).
     return {**result, "relative_entropy": summary["relative_entropy_candidates"],
             "relative_entropy_selected": summary["relative_entropy_selected"]}

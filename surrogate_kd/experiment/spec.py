@@ -50,7 +50,7 @@ class SetSpec:
     data: str
     kind: str | None = None  # real | synthetic: picks the library's tau and regime (default: by data)
     candidates: int = _default(api.distill, "candidates")
-    per_class: int | None = _default(api.distill, "per_class")  # null: every candidate, no selection
+    per_class: int | None = _default(api.distill, "per_class")  # null: the recipe's; 0: every candidate
     stream: bool = _default(api.distill, "stream")
     params: dict = field(default_factory=dict)  # a synthetic source's parameters
     boundary_fraction: float | None = _default(api.distill, "boundary_fraction")  # null: the recipe's choice
