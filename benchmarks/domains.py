@@ -14,6 +14,8 @@ No download: every set comes from a package installed by `make` (requirements.lo
   letters         which of 10 capital letters a 32x32 colour image shows, in Pillow's built-in font at a
                   random size, place, angle and pair of colours, with pixel noise: held out from every
                   study until session 7's selection defaults
+  alphabet        the same over all 26 capitals (13,000 / 2,600 images): 26 classes, for study 17's
+                  set size on a teacher of more than ten classes (session 21)
   dots            how many discs (1 to 10) a 32x32 grey image shows, at random sizes, places and grey
                   levels with pixel noise: a counting task, held out from every study (session 7)
   corruptions     which of 10 corruptions (none, blur, motion blur, noise, salt and pepper, JPEG, low
@@ -49,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # drawn_domains.py beside it, however this file is loaded
-from drawn_domains import _drawn_splits, dots, gratings, letters, shapes, spectra  # noqa: E402
+from drawn_domains import _drawn_splits, alphabet, dots, gratings, letters, shapes, spectra  # noqa: E402
 
 COLOUR_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                  "colorwheel", "china.jpg", "flower.jpg")
@@ -257,6 +259,7 @@ BUILDERS = {
     "sklearn-digits": lambda seed: sklearn_digits(seed),
     "shapes": lambda seed: shapes(seed),
     "letters": lambda seed: letters(seed),
+    "alphabet": lambda seed: alphabet(seed),
     "dots": lambda seed: dots(seed),
     "corruptions": lambda seed: corruptions(seed),
     "rotations": lambda seed: rotations(seed),

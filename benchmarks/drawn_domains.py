@@ -94,9 +94,10 @@ def shapes(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np
 
 
 LETTERS = "ABEGKMRSWZ"
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _letter(kind: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+def _letter(kind: int, rng: np.random.Generator, size: int = 32, letters: str = LETTERS) -> np.ndarray:
     """One RGB image of letter class `kind`: drawn at 4x in Pillow's built-in font (the same on
     every machine), random size, place, angle, colours (at least 80 grey levels apart) and noise."""
     from PIL import Image, ImageDraw, ImageFont
@@ -110,16 +111,21 @@ def _letter(kind: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     image = Image.new("RGB", (big, big), tuple(int(c) for c in background))
     font = ImageFont.load_default(size=int(rng.uniform(0.5, 0.85) * big))
     draw = ImageDraw.Draw(image)
-    left, top, right, bottom = draw.textbbox((0, 0), LETTERS[kind], font=font)
+    left, top, right, bottom = draw.textbbox((0, 0), letters[kind], font=font)
     slack_x, slack_y = max(big - (right - left), 1), max(big - (bottom - top), 1)
     position = (rng.uniform(0.2, 0.8) * slack_x - left, rng.uniform(0.2, 0.8) * slack_y - top)
-    draw.text(position, LETTERS[kind], font=font, fill=tuple(int(c) for c in foreground))
+    draw.text(position, letters[kind], font=font, fill=tuple(int(c) for c in foreground))
     image = image.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR, fillcolor=tuple(int(c) for c in background))
     return _shrink_with_noise(image, size, rng)
 
 
 def letters(seed: int, train: int = 6000, test: int = 2000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return _drawn_splits(_letter, len(LETTERS), seed, train, test)
+
+
+def alphabet(seed: int, train: int = 13000, test: int = 2600) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`letters` over all 26 capitals: a teacher of more than ten classes (study 17)."""
+    return _drawn_splits(lambda kind, rng: _letter(kind, rng, letters=ALPHABET), len(ALPHABET), seed, train, test)
 
 
 def _dots(count: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:

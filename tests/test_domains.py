@@ -17,7 +17,7 @@ import drawn_domains  # noqa: E402  beside domains.py, which put its folder on s
                                                   ("dots", (32, 32), 10), ("corruptions", (32, 32, 3), 10),
                                                   ("rotations", (32, 32, 3), 3), ("spectra", (32, 32), 10),
                                                   ("gratings", (32, 32), 5), ("tints", (32, 32, 3), 8),
-                                                  ("focus", (32, 32), 5)])
+                                                  ("focus", (32, 32), 5), ("alphabet", (32, 32, 3), 26)])
 def test_drawn_domains_are_balanced_uint8_and_seeded(name, shape, classes):
     build = getattr(domains, name)
     splits = build(0, train=60, test=30)
